@@ -1,0 +1,171 @@
+/* SPDX-License-Identifier: BSD-3-Clause
+ * pd_api.h - the public C API of the pydp core.
+ *
+ * This header is read twice: by the C compiler, and by cffi as its cdef
+ * (pydp/_ffi_build.py strips the preprocessor lines). Keep it plain C
+ * declarations: no inline code, no macros beyond integer constants.
+ *
+ * Every control function returns 0 (or a non-negative value) on success and
+ * -errno on failure, leaving a message for pd_last_error().
+ */
+#ifndef PD_API_H
+#define PD_API_H
+#include <stdint.h>
+#include <stddef.h>
+
+#define PD_BURST 32
+#define PD_MAX_PORTS 32
+#define PD_MAX_STAGES 32
+#define PD_MAX_EDGES 8
+#define PD_MAX_WORKERS 16
+#define PD_MAX_RXQ 64
+#define PD_NAME_LEN 64
+
+/* ---- errors ---------------------------------------------------------- */
+const char *pd_last_error(void);
+
+/* ---- EAL ------------------------------------------------------------- */
+int pd_eal_init(int argc, char **argv);
+int pd_eal_ready(void);
+int pd_eal_hugepages(void);
+unsigned pd_lcore_count(void);
+int pd_lcore_role(unsigned lcore);   /* 0 off, 1 main, 2 worker */
+unsigned pd_main_lcore(void);
+uint64_t pd_tsc_hz(void);
+uint64_t pd_tsc(void);
+
+/* ---- mbuf pools ------------------------------------------------------- */
+struct pd_pool;
+int pd_pool_create(const char *name, unsigned n_mbufs, unsigned cache,
+		   unsigned data_room, struct pd_pool **out);
+void pd_pool_free(struct pd_pool *pool);
+unsigned pd_pool_avail(const struct pd_pool *pool);
+unsigned pd_pool_size(const struct pd_pool *pool);
+
+/* ---- ports ------------------------------------------------------------ */
+struct pd_port_conf {
+	uint16_t n_rxq;
+	uint16_t n_txq;
+	uint16_t rx_desc;
+	uint16_t tx_desc;
+	int promisc;
+};
+
+struct pd_port_info {
+	char name[PD_NAME_LEN];
+	char driver[PD_NAME_LEN];
+	uint8_t mac[6];
+	uint16_t max_rxq;
+	uint16_t max_txq;
+	uint16_t n_rxq;
+	uint16_t n_txq;
+	uint64_t rss_offloads;
+	int link_up;
+	uint32_t link_speed;
+	int is_ring;          /* rings reachable for inject/capture */
+};
+
+struct pd_port_hwstats {
+	uint64_t ipackets;
+	uint64_t opackets;
+	uint64_t ibytes;
+	uint64_t obytes;
+	uint64_t imissed;
+	uint64_t ierrors;
+	uint64_t oerrors;
+	uint64_t rx_nombuf;
+};
+
+int pd_port_probe(const char *devargs, uint16_t *port_id);
+int pd_port_configure(uint16_t port_id, const struct pd_port_conf *conf,
+		      struct pd_pool *pool);
+int pd_port_start(uint16_t port_id);
+int pd_port_stop(uint16_t port_id);
+int pd_port_remove(uint16_t port_id);
+int pd_port_info(uint16_t port_id, struct pd_port_info *out);
+int pd_port_hwstats(uint16_t port_id, struct pd_port_hwstats *out);
+int pd_port_inject(uint16_t port_id, uint16_t queue, struct pd_pool *pool,
+		   const uint8_t *data, const uint32_t *lens, unsigned n);
+int pd_port_capture(uint16_t port_id, uint16_t queue, uint8_t *buf,
+		    uint32_t slot, uint32_t *lens, unsigned max);
+int pd_port_pending(uint16_t port_id, int tx_side);
+int pd_port_count(void);
+
+/* ---- pipelines ---------------------------------------------------------- */
+struct pd_pipeline;
+
+int pd_pipeline_new(const char *name, struct pd_pipeline **out);
+void pd_pipeline_free(struct pd_pipeline *p);
+int pd_pipeline_add_port(struct pd_pipeline *p, const char *name,
+			 uint16_t port_id);
+int pd_pipeline_add_stage(struct pd_pipeline *p, const char *type,
+			  const char *name);
+int pd_pipeline_link(struct pd_pipeline *p, int stage, int edge, int next);
+int pd_pipeline_set_input(struct pd_pipeline *p, int port, int stage);
+int pd_pipeline_set_bare(struct pd_pipeline *p, int in_port, int out_port);
+int pd_pipeline_build(struct pd_pipeline *p, struct pd_pool *pool,
+		      const unsigned *lcores, unsigned n_workers);
+int pd_pipeline_start(struct pd_pipeline *p);
+int pd_pipeline_stop(struct pd_pipeline *p);
+int pd_pipeline_running(const struct pd_pipeline *p);
+uint64_t *pd_pipeline_counters(struct pd_pipeline *p, unsigned *rows,
+			       unsigned *stride);
+unsigned pd_pipeline_n_counters(const struct pd_pipeline *p);
+const char *pd_pipeline_counter_name(const struct pd_pipeline *p, unsigned i);
+
+/* stage types: names of edges, drop reasons and extra counters */
+int pd_stage_type_known(const char *type);
+const char *pd_stage_type_edge(const char *type, unsigned i);
+const char *pd_stage_type_drop(const char *type, unsigned i);
+
+/* ---- stage configuration ----------------------------------------------- */
+int pd_parse_config(struct pd_pipeline *p, int stage, int verify_cksum);
+int pd_forward_config(struct pd_pipeline *p, int stage, int port,
+		      const uint8_t *src_mac, const uint8_t *dst_mac);
+int pd_mirror_config(struct pd_pipeline *p, int stage, int port);
+
+struct pd_route {
+	uint8_t family;     /* 4 or 6 */
+	uint8_t depth;
+	uint8_t addr[16];   /* network byte order */
+	uint32_t nexthop;
+};
+struct pd_nexthop {
+	int port;
+	uint8_t dst_mac[6];
+	uint8_t src_mac[6];
+	int has_src_mac;
+};
+int pd_l3route_commit(struct pd_pipeline *p, int stage,
+		      const struct pd_route *routes, unsigned n_routes,
+		      const struct pd_nexthop *nhs, unsigned n_nhs);
+
+/* ---- template traffic source -------------------------------------------- */
+struct pd_source_var {
+	uint16_t tmpl;      /* template index */
+	uint16_t offset;    /* byte offset in the packet */
+	uint8_t width;      /* 1, 2 or 4 bytes, big endian */
+	uint8_t random;     /* 0: step through [min,max]; 1: uniform random */
+	uint32_t min;
+	uint32_t max;
+	uint32_t step;
+};
+struct pd_source_tmpl {
+	uint16_t len;
+	uint16_t l3_off;    /* 0: no IPv4/IPv6 header to fix */
+	uint16_t l4_off;
+	uint8_t ip_ver;
+	uint8_t l4_proto;   /* 6/17: recompute checksum */
+};
+int pd_pipeline_set_source(struct pd_pipeline *p, int port,
+			   const uint8_t *data,
+			   const struct pd_source_tmpl *tmpls, unsigned n_tmpl,
+			   const struct pd_source_var *vars, unsigned n_vars,
+			   uint64_t rate_pps, uint64_t count);
+int pd_pipeline_source_done(const struct pd_pipeline *p);
+
+/* ---- fuzzing / tests: run the parse logic on one buffer ------------------ */
+int pd_parse_buffer(const uint8_t *data, uint32_t len, int verify_cksum,
+		    uint16_t *l3_off, uint16_t *l4_off, uint8_t *l4_proto);
+
+#endif /* PD_API_H */

@@ -1,0 +1,293 @@
+/* SPDX-License-Identifier: BSD-3-Clause
+ * parse.c - Ethernet, 802.1Q/QinQ, ARP, IPv4 (with options), IPv6 (with
+ * extension headers), TCP, UDP, ICMP, ICMPv6.
+ *
+ * The walk works on a plain buffer (pd_parse_raw) so the fuzzer can drive
+ * it without EAL. Lengths are checked against the IP header's own length,
+ * never the frame length, so Ethernet padding is not taken for payload.
+ * Non-IP, non-ARP frames (LLDP, ...) are not malformed: they take the
+ * "other" edge.
+ */
+#include <string.h>
+
+#include <rte_ip.h>
+#include <rte_prefetch.h>
+
+#include "parse.h"
+
+#define X_PARSE_DROPS(_) \
+	_(TRUNC_ETH, "truncated-ethernet") \
+	_(VLAN_DEPTH, "too-many-vlan-tags") \
+	_(TRUNC_ARP, "truncated-arp") \
+	_(TRUNC_IP, "truncated-ip") \
+	_(BAD_VER, "bad-ip-version") \
+	_(BAD_IHL, "bad-ipv4-header-length") \
+	_(BAD_LEN, "bad-ip-total-length") \
+	_(BAD_CKSUM, "bad-ipv4-checksum") \
+	_(TRUNC_EXT, "truncated-ipv6-ext-header") \
+	_(EXT_DEPTH, "too-many-ipv6-ext-headers") \
+	_(TRUNC_L4, "truncated-l4") \
+	_(BAD_TCP_OFF, "bad-tcp-data-offset") \
+	_(BAD_UDP_LEN, "bad-udp-length")
+
+enum {
+#define _E(id, s) PARSE_##id,
+	X_PARSE_DROPS(_E)
+#undef _E
+};
+
+static const char *const parse_drops[] = {
+#define _S(id, s) s,
+	X_PARSE_DROPS(_S)
+#undef _S
+	NULL,
+};
+static const char *const parse_edges[] = { "next", "ipv4", "ipv6", "arp",
+					   "other", NULL };
+
+#define MAX_VLAN 2
+#define MAX_EXT 8
+#define DROP(r) return PARSE_##r + 1
+
+/* L4 header checks; `l4len` is what the IP header says follows */
+static int parse_l4(const uint8_t *l4, uint32_t l4len, uint8_t proto)
+{
+	switch (proto) {
+	case IPPROTO_TCP: {
+		unsigned doff;
+
+		if (l4len < 20)
+			DROP(TRUNC_L4);
+		doff = (unsigned)(l4[12] >> 4) * 4;
+		if (doff < 20 || doff > l4len)
+			DROP(BAD_TCP_OFF);
+		return 0;
+	}
+	case IPPROTO_UDP: {
+		uint16_t ulen;
+
+		if (l4len < 8)
+			DROP(TRUNC_L4);
+		ulen = pd_rd16(l4 + 4);
+		if (ulen < 8 || ulen > l4len)
+			DROP(BAD_UDP_LEN);
+		return 0;
+	}
+	case IPPROTO_ICMP:
+		if (l4len < 8)
+			DROP(TRUNC_L4);
+		return 0;
+	case IPPROTO_ICMPV6:
+		if (l4len < 4)
+			DROP(TRUNC_L4);
+		return 0;
+	default:
+		return 0;
+	}
+}
+
+static int parse_ipv4(const uint8_t *ip, uint32_t avail, uint32_t off,
+		      int verify, struct pd_meta *m)
+{
+	uint32_t ihl, tot;
+	uint16_t frag;
+	int rc;
+
+	if (avail < 20)
+		DROP(TRUNC_IP);
+	if ((ip[0] >> 4) != 4)
+		DROP(BAD_VER);
+	ihl = (uint32_t)(ip[0] & 0xf) * 4;
+	if (ihl < 20)
+		DROP(BAD_IHL);
+	if (ihl > avail)
+		DROP(TRUNC_IP);
+	tot = pd_rd16(ip + 2);
+	if (tot < ihl || tot > avail)
+		DROP(BAD_LEN);
+	if (verify && rte_raw_cksum(ip, ihl) != 0xffff)
+		DROP(BAD_CKSUM);
+	m->l3 = PD_L3_IPV4;
+	m->l4_proto = ip[9];
+	frag = pd_rd16(ip + 6);
+	if (frag & RTE_IPV4_HDR_OFFSET_MASK) {
+		m->flags |= PD_META_FRAG;  /* non-first fragment: no L4 header */
+		return 0;
+	}
+	if ((rc = parse_l4(ip + ihl, tot - ihl, m->l4_proto)) != 0)
+		return rc;
+	m->l4_off = (uint16_t)(off + ihl);
+	return 0;
+}
+
+static int parse_ipv6(const uint8_t *ip, uint32_t avail, uint32_t off,
+		      struct pd_meta *m)
+{
+	uint32_t end, pos = 40;
+	uint8_t nh;
+	int rc, i;
+
+	if (avail < 40)
+		DROP(TRUNC_IP);
+	if ((ip[0] >> 4) != 6)
+		DROP(BAD_VER);
+	end = 40u + pd_rd16(ip + 4);
+	if (end > avail)
+		DROP(BAD_LEN);
+	nh = ip[6];
+	m->l3 = PD_L3_IPV6;
+	for (i = 0;; i++) {
+		uint32_t hlen;
+
+		switch (nh) {
+		case IPPROTO_HOPOPTS: case IPPROTO_ROUTING: case IPPROTO_DSTOPTS:
+		case 135 /* mobility */: case 139 /* HIP */: case 140 /* shim6 */:
+			if (pos + 2 > end)
+				DROP(TRUNC_EXT);
+			hlen = ((uint32_t)ip[pos + 1] + 1) * 8;
+			break;
+		case IPPROTO_AH:
+			if (pos + 2 > end)
+				DROP(TRUNC_EXT);
+			hlen = ((uint32_t)ip[pos + 1] + 2) * 4;
+			break;
+		case IPPROTO_FRAGMENT:
+			if (pos + 8 > end)
+				DROP(TRUNC_EXT);
+			if (pd_rd16(ip + pos + 2) & 0xfff8) {
+				m->flags |= PD_META_FRAG;
+				m->l4_proto = ip[pos];
+				return 0;
+			}
+			hlen = 8;
+			break;
+		default:
+			m->l4_proto = nh;
+			if (nh == IPPROTO_NONE) {
+				m->l4_proto = 0;
+				return 0;
+			}
+			if ((rc = parse_l4(ip + pos, end - pos, nh)) != 0)
+				return rc;
+			m->l4_off = (uint16_t)(off + pos);
+			return 0;
+		}
+		if (i >= MAX_EXT)
+			DROP(EXT_DEPTH);
+		if (pos + hlen > end)
+			DROP(TRUNC_EXT);
+		nh = ip[pos];
+		pos += hlen;
+	}
+}
+
+int pd_parse_raw(const uint8_t *data, uint32_t len, int verify_cksum,
+		 struct pd_meta *m)
+{
+	uint32_t off = 12;
+	uint16_t et;
+	int vlans = 0;
+
+	m->l3 = PD_L3_OTHER;
+	m->l3_off = 0;
+	m->l4_off = 0;
+	m->l4_proto = 0;
+	m->flags = 0;
+	if (len < 14)
+		DROP(TRUNC_ETH);
+	et = pd_rd16(data + off);
+	while (et == RTE_ETHER_TYPE_VLAN || et == RTE_ETHER_TYPE_QINQ) {
+		if (++vlans > MAX_VLAN)
+			DROP(VLAN_DEPTH);
+		off += 4;
+		if (off + 2 > len)
+			DROP(TRUNC_ETH);
+		et = pd_rd16(data + off);
+	}
+	off += 2;
+	m->l3_off = (uint16_t)off;
+	switch (et) {
+	case RTE_ETHER_TYPE_IPV4:
+		return parse_ipv4(data + off, len - off, off, verify_cksum, m);
+	case RTE_ETHER_TYPE_IPV6:
+		return parse_ipv6(data + off, len - off, off, m);
+	case RTE_ETHER_TYPE_ARP:
+		if (len - off < 28)
+			DROP(TRUNC_ARP);
+		m->l3 = PD_L3_ARP;
+		return 0;
+	default:
+		return 0;
+	}
+}
+
+int pd_parse_buffer(const uint8_t *data, uint32_t len, int verify_cksum,
+		    uint16_t *l3_off, uint16_t *l4_off, uint8_t *l4_proto)
+{
+	struct pd_meta m;
+	int rc = pd_parse_raw(data, len, verify_cksum, &m);
+
+	*l3_off = m.l3_off;
+	*l4_off = m.l4_off;
+	*l4_proto = m.l4_proto;
+	return rc > 0 ? -rc : m.l3;
+}
+
+struct parse_priv {
+	int verify_cksum;
+};
+
+int pd_parse_config(struct pd_pipeline *p, int stage, int verify_cksum)
+{
+	struct pd_stage *st = pd_stage_get(p, stage, "parse");
+	struct parse_priv *pr;
+
+	if (!st)
+		return -EINVAL;
+	pr = st->priv;
+	pr->verify_cksum = verify_cksum;
+	return 0;
+}
+
+static const uint8_t l3_edge[] = {
+	[PD_L3_NONE] = PD_PARSE_OTHER, [PD_L3_IPV4] = PD_PARSE_IPV4,
+	[PD_L3_IPV6] = PD_PARSE_IPV6, [PD_L3_ARP] = PD_PARSE_ARP,
+	[PD_L3_OTHER] = PD_PARSE_OTHER,
+};
+
+static void parse_process(struct pd_stage *st, struct pd_worker *w,
+			  struct rte_mbuf **pkts, uint16_t n)
+{
+	const struct parse_priv *pr = st->priv;
+	uint16_t i;
+
+	for (i = 0; i < n; i++) {
+		struct rte_mbuf *mb = pkts[i];
+		struct pd_meta *m = pd_meta(mb);
+		int verify = pr->verify_cksum;
+		int rc;
+
+		if (i + 1 < n)
+			rte_prefetch0(rte_pktmbuf_mtod(pkts[i + 1], void *));
+		if (mb->ol_flags & RTE_MBUF_F_RX_IP_CKSUM_GOOD)
+			verify = 0;
+		rc = pd_parse_raw(rte_pktmbuf_mtod(mb, const uint8_t *),
+				  rte_pktmbuf_data_len(mb), verify, m);
+		if (unlikely(rc == 0 && (mb->ol_flags & RTE_MBUF_F_RX_IP_CKSUM_MASK)
+			     == RTE_MBUF_F_RX_IP_CKSUM_BAD && pr->verify_cksum))
+			rc = PARSE_BAD_CKSUM + 1;
+		if (unlikely(rc))
+			pd_drop(w, st, (unsigned)rc - 1, mb);
+		else
+			pd_emit(w, st, l3_edge[m->l3], mb);
+	}
+}
+
+const struct pd_stage_ops pd_stage_parse = {
+	.type = "parse",
+	.edges = parse_edges,
+	.drops = parse_drops,
+	.needs_next = true,
+	.priv_size = sizeof(struct parse_priv),
+	.process = parse_process,
+};

@@ -1,0 +1,31 @@
+/* SPDX-License-Identifier: BSD-3-Clause
+ * stages.h - the stage types the runner knows. One file per stage.
+ */
+#ifndef PD_STAGES_H
+#define PD_STAGES_H
+#include "../pd_internal.h"
+
+extern const struct pd_stage_ops pd_stage_parse;
+extern const struct pd_stage_ops pd_stage_forward;
+extern const struct pd_stage_ops pd_stage_l3route;
+extern const struct pd_stage_ops pd_stage_count;
+extern const struct pd_stage_ops pd_stage_mirror;
+extern const struct pd_stage_ops pd_stage_drop;
+
+/* byte-wise big-endian reads: safe on any alignment (UBSan-clean) */
+static inline uint16_t pd_rd16(const uint8_t *p)
+{
+	return (uint16_t)((p[0] << 8) | p[1]);
+}
+
+/* RFC 1624 incremental checksum update for a 16-bit field change */
+static inline uint16_t pd_cksum_adjust(uint16_t cksum, uint16_t old_v,
+				       uint16_t new_v)
+{
+	uint32_t s = (uint16_t)~cksum + (uint16_t)~old_v + new_v;
+
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return (uint16_t)~s;
+}
+#endif
