@@ -11,6 +11,7 @@
 
 #include <rte_branch_prediction.h>
 #include <rte_common.h>
+#include <rte_ether.h>
 #include <rte_mbuf.h>
 #include <rte_mbuf_dyn.h>
 #include <rte_rcu_qsbr.h>

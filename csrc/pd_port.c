@@ -363,8 +363,8 @@ int pd_port_inject(uint16_t port_id, uint16_t queue, struct pd_pool *pool,
 	if ((rc = ring_queue(port_id, queue, &rp)) < 0)
 		return rc;
 	for (i = 0; i < n; i++)
-		if (lens[i] == 0 || lens[i] > rte_pktmbuf_data_room_size(
-			pd_pool_mp(pool)) - RTE_PKTMBUF_HEADROOM)
+		if (lens[i] == 0 || lens[i] > (uint32_t)(rte_pktmbuf_data_room_size(
+			pd_pool_mp(pool)) - RTE_PKTMBUF_HEADROOM))
 			return PD_ERR(EINVAL, "packet %u: length %u does not fit one "
 				      "mbuf", i, lens[i]);
 	while (done < n) {
