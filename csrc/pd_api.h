@@ -121,7 +121,7 @@ const char *pd_stage_type_drop(const char *type, unsigned i);
 /* ---- stage configuration ----------------------------------------------- */
 int pd_parse_config(struct pd_pipeline *p, int stage, int verify_cksum);
 int pd_forward_config(struct pd_pipeline *p, int stage, int port,
-		      const uint8_t *src_mac, const uint8_t *dst_mac);
+		      const uint8_t *src_mac, const uint8_t *dst_mac, int keep_src);
 int pd_mirror_config(struct pd_pipeline *p, int stage, int port);
 
 struct pd_route {

@@ -10,6 +10,7 @@
 struct forward_priv {
 	int port;               /* pipeline port index, -1 unset */
 	int set_dst;
+	int set_src;
 	struct rte_ether_addr src;
 	struct rte_ether_addr dst;
 };
@@ -24,7 +25,7 @@ static int forward_init(struct pd_stage *st)
 }
 
 int pd_forward_config(struct pd_pipeline *p, int stage, int port,
-		      const uint8_t *src_mac, const uint8_t *dst_mac)
+		      const uint8_t *src_mac, const uint8_t *dst_mac, int keep_src)
 {
 	struct pd_stage *st = pd_stage_get(p, stage, "forward");
 	struct forward_priv *f;
@@ -40,6 +41,7 @@ int pd_forward_config(struct pd_pipeline *p, int stage, int port,
 		memcpy(f->src.addr_bytes, src_mac, 6);
 	else
 		f->src = p->ports[port].mac;
+	f->set_src = !keep_src;
 	f->set_dst = dst_mac != NULL;
 	if (dst_mac)
 		memcpy(f->dst.addr_bytes, dst_mac, 6);
@@ -61,7 +63,8 @@ static void forward_process(struct pd_stage *st, struct pd_worker *w,
 		struct rte_ether_hdr *eh =
 			rte_pktmbuf_mtod(pkts[i], struct rte_ether_hdr *);
 
-		rte_ether_addr_copy(&f->src, &eh->src_addr);
+		if (f->set_src)
+			rte_ether_addr_copy(&f->src, &eh->src_addr);
 		if (f->set_dst)
 			rte_ether_addr_copy(&f->dst, &eh->dst_addr);
 		pd_tx(w, (uint16_t)f->port, pkts[i]);

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: BSD-3-Clause
  * forward.h - the forward stage: send every packet out of one port,
- * rewriting the source MAC (default: the port's own) and, if set, the
+ * rewriting the source MAC (default: the port's own; or kept) and, if set, the
  * destination MAC. Terminal: it has no next edge.
  */
 #ifndef PD_STAGE_FORWARD_H

@@ -1,0 +1,382 @@
+"""The stage types a pipeline is built from, with their schemas.
+
+Each class validates its own fields (raising :class:`ConfigError` naming the
+key) and knows how to configure its C counterpart. YAML and the Python API
+both construct these classes, so they produce the same validated object.
+Edge names and drop reasons come from the C core, which counts them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ._core import cstr, ffi, lib
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .pipeline import Pipeline
+
+_MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,62}$")
+
+
+def check_name(value: Any, key: str) -> str:
+    """Validate a stage, port or next-hop name."""
+    if not isinstance(value, str) or not _NAME_RE.match(value):
+        raise ConfigError(f"{key}: {value!r} is not a valid name (letters, digits, _ . -; "
+                          "starts with a letter or _)", key=key)
+    return value
+
+
+def parse_mac(value: Any, key: str) -> bytes:
+    """Parse 'aa:bb:cc:dd:ee:ff' into 6 bytes."""
+    if not isinstance(value, str) or not _MAC_RE.match(value):
+        raise ConfigError(f"{key}: {value!r} is not a MAC address like 02:00:00:00:00:01",
+                          key=key)
+    return bytes(int(x, 16) for x in value.split(":"))
+
+
+def _c_names(fn: Any, type_: str) -> tuple[str, ...]:
+    out = []
+    i = 0
+    while True:
+        p = fn(type_.encode(), i)
+        if p == ffi.NULL:
+            return tuple(out)
+        out.append(cstr(p))
+        i += 1
+
+
+def stage_edges(type_: str) -> tuple[str, ...]:
+    """Edge names of a stage type, as the C core defines them ('next' first)."""
+    return _c_names(lib.pd_stage_type_edge, type_)
+
+
+def stage_drops(type_: str) -> tuple[str, ...]:
+    """Drop reasons a stage type counts, as the C core defines them."""
+    return _c_names(lib.pd_stage_type_drop, type_)
+
+
+@dataclass
+class Stage:
+    """Base of every stage: a name and the edges to the stages that follow."""
+
+    TYPE: ClassVar[str] = ""
+    NEEDS_NEXT: ClassVar[bool] = True
+    NEEDS_PARSE: ClassVar[bool] = False
+
+    name: str
+
+    # -- schema ---------------------------------------------------------------
+    @classmethod
+    def edge_names(cls) -> tuple[str, ...]:
+        """The edges this type may link (from the C core)."""
+        return stage_edges(cls.TYPE)
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        """YAML keys this stage type accepts besides 'type'."""
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Stage:
+        """Build from a mapping; unknown keys are refused by name."""
+        allowed = set(cls.keys())
+        for k in d:
+            if k not in allowed:
+                raise ConfigError(f"stage type '{cls.TYPE}' has no key '{k}' (allowed: "
+                                  f"{', '.join(sorted(allowed | {'type'}))})", key=k)
+        if "name" not in d:
+            raise ConfigError("stage needs a 'name'", key="name")
+        try:
+            return cls(**d)
+        except TypeError as e:
+            raise ConfigError(f"stage '{d.get('name')}': {e}") from None
+
+    def edges(self) -> dict[str, str]:
+        """The linked edges: edge name -> next stage name."""
+        return {e: getattr(self, e) for e in self.edge_names()
+                if getattr(self, e, None) is not None}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stage as YAML-ready data."""
+        d: dict[str, Any] = {"type": self.TYPE}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if v is None or v == [] or (f.default is not dataclasses.MISSING and v == f.default
+                                        and f.name != "name"):
+                continue
+            d[f.name] = [x.to_dict() if hasattr(x, "to_dict") else x for x in v] \
+                if isinstance(v, list) else v
+        return d
+
+    # -- checks and C configuration -------------------------------------------------
+    def validate(self, pl: Pipeline) -> None:
+        """Check fields against the pipeline (ports, stages); raise ConfigError."""
+        check_name(self.name, "name")
+        if self.NEEDS_NEXT and getattr(self, "next", None) is None:
+            raise ConfigError(f"stage '{self.name}' ({self.TYPE}) needs 'next'", key="next")
+        for edge, target in self.edges().items():
+            if target not in pl.stage_names():
+                raise ConfigError(f"stage '{self.name}': {edge}: no stage named '{target}'",
+                                  key=edge)
+            if target == self.name:
+                raise ConfigError(f"stage '{self.name}': {edge} points to itself", key=edge)
+
+    def configure(self, cp: Any, idx: int, ports: dict[str, int]) -> None:
+        """Push this stage's settings into the C pipeline ``cp`` (stage index ``idx``)."""
+
+    def _port(self, pl: Pipeline, key: str) -> None:
+        value = getattr(self, key)
+        if value not in pl.ports:
+            raise ConfigError(f"stage '{self.name}': {key}: no port named {value!r} "
+                              f"(ports: {', '.join(pl.ports)})", key=key)
+
+
+@dataclass
+class Parse(Stage):
+    """Walk L2-L4 headers; drop malformed packets with a reason.
+
+    Edges: ``next`` and optional ``ipv4``, ``ipv6``, ``arp``, ``other``
+    (each defaults to next).
+    """
+
+    TYPE: ClassVar[str] = "parse"
+    next: str | None = None
+    ipv4: str | None = None
+    ipv6: str | None = None
+    arp: str | None = None
+    other: str | None = None
+    verify_checksum: bool = True
+
+    def validate(self, pl: Pipeline) -> None:
+        """Check edges and the checksum flag."""
+        super().validate(pl)
+        if not isinstance(self.verify_checksum, bool):
+            raise ConfigError(f"stage '{self.name}': verify_checksum must be true or false",
+                              key="verify_checksum")
+
+    def configure(self, cp: Any, idx: int, ports: dict[str, int]) -> None:
+        """Set checksum verification."""
+        from ._core import check
+        check(lib.pd_parse_config(cp, idx, int(self.verify_checksum)))
+
+
+@dataclass
+class Forward(Stage):
+    """Send every packet out of ``port``, rewriting MACs.
+
+    ``src_mac`` defaults to the port's own MAC (``keep_src_mac: true`` leaves
+    the source MAC alone, as a bridge does); ``dst_mac`` is left as is
+    unless set.
+    """
+
+    TYPE: ClassVar[str] = "forward"
+    NEEDS_NEXT: ClassVar[bool] = False
+    port: str = ""
+    src_mac: str | None = None
+    dst_mac: str | None = None
+    keep_src_mac: bool = False
+
+    def validate(self, pl: Pipeline) -> None:
+        """Check the port and MACs."""
+        super().validate(pl)
+        self._port(pl, "port")
+        for k in ("src_mac", "dst_mac"):
+            if getattr(self, k) is not None:
+                parse_mac(getattr(self, k), k)
+        if not isinstance(self.keep_src_mac, bool):
+            raise ConfigError(f"stage '{self.name}': keep_src_mac must be true or false",
+                              key="keep_src_mac")
+        if self.keep_src_mac and self.src_mac:
+            raise ConfigError(f"stage '{self.name}': src_mac and keep_src_mac exclude each "
+                              "other", key="keep_src_mac")
+
+    def configure(self, cp: Any, idx: int, ports: dict[str, int]) -> None:
+        """Set port and MACs."""
+        from ._core import check
+        src = parse_mac(self.src_mac, "src_mac") if self.src_mac else ffi.NULL
+        dst = parse_mac(self.dst_mac, "dst_mac") if self.dst_mac else ffi.NULL
+        check(lib.pd_forward_config(cp, idx, ports[self.port], src, dst,
+                                   int(self.keep_src_mac)))
+
+
+@dataclass
+class NextHop:
+    """An l3route next hop: out of ``port`` to ``dst_mac``."""
+
+    name: str
+    port: str
+    dst_mac: str
+    src_mac: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """YAML-ready data."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+@dataclass
+class Route:
+    """An l3route route: ``prefix`` (IPv4 or IPv6 CIDR) via next hop ``via``."""
+
+    prefix: str
+    via: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """YAML-ready data."""
+        return dataclasses.asdict(self)
+
+
+def _items(cls: type, value: Any, key: str, stage: str) -> list:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ConfigError(f"stage '{stage}': {key} must be a list", key=key)
+    out = []
+    names = [f.name for f in dataclasses.fields(cls)]
+    for i, v in enumerate(value):
+        if isinstance(v, cls):
+            out.append(v)
+            continue
+        if not isinstance(v, dict):
+            raise ConfigError(f"stage '{stage}': {key}[{i}] must be a mapping", key=key)
+        for k in v:
+            if k not in names:
+                raise ConfigError(f"stage '{stage}': {key}[{i}] has no key '{k}' "
+                                  f"(allowed: {', '.join(names)})", key=k)
+        try:
+            out.append(cls(**v))
+        except TypeError:
+            missing = [n for n in names if n not in v and
+                       next(f for f in dataclasses.fields(cls) if f.name == n).default
+                       is dataclasses.MISSING]
+            raise ConfigError(f"stage '{stage}': {key}[{i}] needs {', '.join(missing)}",
+                              key=missing[0] if missing else key) from None
+    return out
+
+
+@dataclass
+class L3Route(Stage):
+    """Longest-prefix-match routing (rte_lpm / rte_lpm6) with TTL handling.
+
+    Needs a parse stage before it. Drops: not-ip, no-route, ttl-exceeded.
+    Routes can be replaced while running (:meth:`pydp.Dataplane.set_routes`).
+    """
+
+    TYPE: ClassVar[str] = "l3route"
+    NEEDS_NEXT: ClassVar[bool] = False
+    NEEDS_PARSE: ClassVar[bool] = True
+    nexthops: list = field(default_factory=list)
+    routes: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.nexthops = _items(NextHop, self.nexthops, "nexthops", self.name)
+        self.routes = _items(Route, self.routes, "routes", self.name)
+
+    def validate(self, pl: Pipeline) -> None:
+        """Check next hops (port, MACs, unique names) and route prefixes."""
+        super().validate(pl)
+        seen: set[str] = set()
+        for nh in self.nexthops:
+            check_name(nh.name, "nexthops.name")
+            if nh.name in seen:
+                raise ConfigError(f"stage '{self.name}': next hop '{nh.name}' defined twice",
+                                  key="name")
+            seen.add(nh.name)
+            if nh.port not in pl.ports:
+                raise ConfigError(f"stage '{self.name}': next hop '{nh.name}': port: no port "
+                                  f"named {nh.port!r}", key="port")
+            parse_mac(nh.dst_mac, "dst_mac")
+            if nh.src_mac is not None:
+                parse_mac(nh.src_mac, "src_mac")
+        for r in self.routes:
+            self.parse_prefix(r.prefix)
+            if r.via not in seen:
+                raise ConfigError(f"stage '{self.name}': route {r.prefix}: via: no next hop "
+                                  f"named {r.via!r}", key="via")
+
+    def parse_prefix(self, prefix: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+        """Parse a CIDR prefix, naming the route on error."""
+        try:
+            return ipaddress.ip_network(str(prefix), strict=False)
+        except ValueError as e:
+            raise ConfigError(f"stage '{self.name}': route prefix {prefix!r}: {e}",
+                              key="prefix") from None
+
+    def configure(self, cp: Any, idx: int, ports: dict[str, int]) -> None:
+        """Build and publish the LPM tables."""
+        from ._core import check
+        nh_index = {nh.name: i for i, nh in enumerate(self.nexthops)}
+        nhs = ffi.new("struct pd_nexthop[]", max(1, len(self.nexthops)))
+        for i, nh in enumerate(self.nexthops):
+            nhs[i].port = ports[nh.port]
+            ffi.memmove(nhs[i].dst_mac, parse_mac(nh.dst_mac, "dst_mac"), 6)
+            if nh.src_mac:
+                ffi.memmove(nhs[i].src_mac, parse_mac(nh.src_mac, "src_mac"), 6)
+                nhs[i].has_src_mac = 1
+        routes = ffi.new("struct pd_route[]", max(1, len(self.routes)))
+        for i, r in enumerate(self.routes):
+            net = self.parse_prefix(r.prefix)
+            routes[i].family = net.version
+            routes[i].depth = net.prefixlen
+            ffi.memmove(routes[i].addr, net.network_address.packed, len(net.network_address.packed))
+            routes[i].nexthop = nh_index[r.via]
+        check(lib.pd_l3route_commit(cp, idx, routes, len(self.routes), nhs, len(self.nexthops)))
+
+
+@dataclass
+class Count(Stage):
+    """Count packets and bytes, pass everything to ``next``."""
+
+    TYPE: ClassVar[str] = "count"
+    next: str | None = None
+
+
+@dataclass
+class Mirror(Stage):
+    """Send a copy of each packet out of ``port``; the original goes to ``next``."""
+
+    TYPE: ClassVar[str] = "mirror"
+    next: str | None = None
+    port: str = ""
+
+    def validate(self, pl: Pipeline) -> None:
+        """Check the mirror port."""
+        super().validate(pl)
+        self._port(pl, "port")
+
+    def configure(self, cp: Any, idx: int, ports: dict[str, int]) -> None:
+        """Set the mirror port."""
+        from ._core import check
+        check(lib.pd_mirror_config(cp, idx, ports[self.port]))
+
+
+@dataclass
+class Drop(Stage):
+    """Drop everything (reason: drop-stage)."""
+
+    TYPE: ClassVar[str] = "drop"
+    NEEDS_NEXT: ClassVar[bool] = False
+
+
+STAGE_TYPES: dict[str, type[Stage]] = {
+    c.TYPE: c for c in (Parse, Forward, L3Route, Count, Mirror, Drop)
+}
+
+
+def stage_from_dict(d: dict[str, Any]) -> Stage:
+    """Build a stage of ``d['type']`` from a mapping."""
+    if not isinstance(d, dict):
+        raise ConfigError("a stage must be a mapping with 'name' and 'type'")
+    t = d.get("type")
+    if t is None:
+        raise ConfigError(f"stage '{d.get('name', '?')}' needs a 'type'", key="type")
+    cls = STAGE_TYPES.get(t)
+    if cls is None:
+        raise ConfigError(f"unknown stage type '{t}' (known: {', '.join(STAGE_TYPES)})",
+                          key="type")
+    return cls.from_dict({k: v for k, v in d.items() if k != "type"})
