@@ -66,7 +66,7 @@ def fake(tmp_path: Path) -> dict[str, Path]:
     _netdev(idle, "pdtest1", "down", flags="0x1002")
     _dev(sysfs, UNBOUND, "0x020000", "0x15b3", "0x1017")
     # A VF's physfn symlink must not lend it the PF's interface.
-    (vfio / "physfn").symlink_to(os.path.relpath(kern, vfio))
+    (vfio / "physfn").symlink_to(os.path.relpath(idle, vfio))
 
     procfs = tmp_path / "proc"
     (procfs / "net").mkdir(parents=True)
