@@ -26,6 +26,7 @@ const char *pd_last_error(void);
 
 /* ---- EAL ------------------------------------------------------------- */
 int pd_eal_init(int argc, char **argv);
+int pd_log_to_file(const char *path);
 int pd_eal_ready(void);
 int pd_eal_hugepages(void);
 unsigned pd_lcore_count(void);

@@ -1,12 +1,15 @@
 /* SPDX-License-Identifier: BSD-3-Clause
  * pd_eal.c - EAL start-up (once per process), lcores, mbuf pools.
  */
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <rte_cycles.h>
 #include <rte_eal.h>
 #include <rte_errno.h>
 #include <rte_lcore.h>
+#include <rte_log.h>
 #include <rte_malloc.h>
 #include <rte_mbuf.h>
 #include <rte_mbuf_dyn.h>
@@ -48,6 +51,31 @@ int pd_eal_init(int argc, char **argv)
 			      rte_strerror(rte_errno));
 	}
 	pd_eal_state = 1;
+	return 0;
+}
+
+/* Send DPDK's own log lines to a file (NULL: back to stderr), so a CLI
+ * user sees one clear error line instead of the drivers' chatter. */
+int pd_log_to_file(const char *path)
+{
+	static FILE *log_file;
+	FILE *f = NULL;
+
+	if (path) {
+		f = fopen(path, "a");
+		if (!f)
+			return PD_ERR(errno, "cannot open log file %s: %s", path,
+				      strerror(errno));
+		setvbuf(f, NULL, _IOLBF, 0);
+	}
+	if (rte_openlog_stream(f) < 0) {
+		if (f)
+			fclose(f);
+		return PD_ERR(EINVAL, "cannot redirect the DPDK log");
+	}
+	if (log_file)
+		fclose(log_file);
+	log_file = f;
 	return 0;
 }
 

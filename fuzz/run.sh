@@ -59,7 +59,7 @@ echo "== build $bin"
 	-I"$root/csrc" \
 	"$here/fuzz_parse.c" "$root/csrc/stages/parse.c" "$root/csrc/pd_error.c" \
 	-o "$bin" ||
-	die "build failed (is the clang runtime installed? Debian: libclang-rt-dev)"
+	die "build failed (see the compiler output above; the libFuzzer runtime is in Debian's libclang-rt-dev)"
 
 echo "== seed corpus $out/seeds"
 "$py" "$here/corpus.py" "$out/seeds" || die "corpus generation failed (is scapy installed?)"

@@ -100,7 +100,7 @@ def _net_dirs(devdir: str) -> list[str]:
         if entry.name == "net":
             continue
         try:
-            if not entry.is_dir(follow_symlinks=True):
+            if not entry.is_dir(follow_symlinks=False):
                 continue
         except OSError:
             continue

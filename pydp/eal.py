@@ -93,7 +93,7 @@ def default_lcores() -> str:
 
 def init(lcores: str | None = None, hugepages: bool | None = None,
          memory_mb: int = 1024, extra_args: list[str] | None = None,
-         pci: bool = False) -> EalInfo:
+         pci: bool = False, log_file: str | None = None) -> EalInfo:
     """Start the EAL (first call) or return how it was started (later calls).
 
     ``lcores`` is an EAL ``--lcores`` map (default :func:`default_lcores`);
@@ -101,7 +101,8 @@ def init(lcores: str | None = None, hugepages: bool | None = None,
     require them, False for ``--no-huge``, None to use them if they can be
     reserved. ``pci``: scan the PCI bus (needed for NIC ports; off by default
     so virtual-port runs never touch the host's NICs). ``extra_args`` are
-    appended; ``PYDP_EAL_ARGS`` adds more.
+    appended; ``PYDP_EAL_ARGS`` adds more. ``log_file``: write DPDK's own
+    log there instead of stderr.
     """
     global _info
     if _info is not None:
@@ -130,6 +131,8 @@ def init(lcores: str | None = None, hugepages: bool | None = None,
     else:
         args += ["--no-huge", "-m", str(memory_mb)]
     args += list(extra_args or []) + shlex.split(os.environ.get("PYDP_EAL_ARGS", ""))
+    if log_file:
+        check(lib.pd_log_to_file(log_file.encode()))
     keep = [ffi.new("char[]", a.encode()) for a in args]
     argv = ffi.new("char *[]", keep)
     check(lib.pd_eal_init(len(args), argv))

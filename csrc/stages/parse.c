@@ -49,8 +49,13 @@ static const char *const parse_edges[] = { "next", "ipv4", "ipv6", "arp",
 #define MAX_EXT 8
 #define DROP(r) return PARSE_##r + 1
 
-/* L4 header checks; `l4len` is what the IP header says follows */
-static int parse_l4(const uint8_t *l4, uint32_t l4len, uint8_t proto)
+/*
+ * L4 header checks; `l4len` is what the IP header says follows. `partial`:
+ * a first fragment (more-fragments set), which carries the L4 header but
+ * only the start of the datagram, so the UDP length may exceed `l4len`.
+ */
+static int parse_l4(const uint8_t *l4, uint32_t l4len, uint8_t proto,
+		    bool partial)
 {
 	switch (proto) {
 	case IPPROTO_TCP: {
@@ -69,7 +74,7 @@ static int parse_l4(const uint8_t *l4, uint32_t l4len, uint8_t proto)
 		if (l4len < 8)
 			DROP(TRUNC_L4);
 		ulen = pd_rd16(l4 + 4);
-		if (ulen < 8 || ulen > l4len)
+		if (ulen < 8 || (ulen > l4len && !partial))
 			DROP(BAD_UDP_LEN);
 		return 0;
 	}
@@ -114,9 +119,11 @@ static int parse_ipv4(const uint8_t *ip, uint32_t avail, uint32_t off,
 		m->flags |= PD_META_FRAG;  /* non-first fragment: no L4 header */
 		return 0;
 	}
-	if ((rc = parse_l4(ip + ihl, tot - ihl, m->l4_proto)) != 0)
+	if ((rc = parse_l4(ip + ihl, tot - ihl, m->l4_proto,
+			   frag & RTE_IPV4_HDR_MF_FLAG)) != 0)
 		return rc;
-	m->l4_off = (uint16_t)(off + ihl);
+	if (tot > ihl)  /* else nothing follows: there is no L4 header */
+		m->l4_off = (uint16_t)(off + ihl);
 	return 0;
 }
 
@@ -124,6 +131,7 @@ static int parse_ipv6(const uint8_t *ip, uint32_t avail, uint32_t off,
 		      struct pd_meta *m)
 {
 	uint32_t end, pos = 40;
+	bool partial = false;
 	uint8_t nh;
 	int rc, i;
 
@@ -159,6 +167,7 @@ static int parse_ipv6(const uint8_t *ip, uint32_t avail, uint32_t off,
 				m->l4_proto = ip[pos];
 				return 0;
 			}
+			partial = ip[pos + 3] & 1;  /* M: more fragments */
 			hlen = 8;
 			break;
 		default:
@@ -167,9 +176,11 @@ static int parse_ipv6(const uint8_t *ip, uint32_t avail, uint32_t off,
 				m->l4_proto = 0;
 				return 0;
 			}
-			if ((rc = parse_l4(ip + pos, end - pos, nh)) != 0)
+			if ((rc = parse_l4(ip + pos, end - pos, nh,
+					   partial)) != 0)
 				return rc;
-			m->l4_off = (uint16_t)(off + pos);
+			if (end > pos)  /* else there is no L4 header */
+				m->l4_off = (uint16_t)(off + pos);
 			return 0;
 		}
 		if (i >= MAX_EXT)

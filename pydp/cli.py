@@ -1,0 +1,322 @@
+"""The ``pydp`` command line.
+
+Every command turns bad input (YAML, devargs, a missing port, not root) into
+one clear line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from typing import Any
+
+import click
+
+from .errors import ConfigError, PydpError
+
+EXIT_BAD_INPUT = 2
+
+
+class _Group(click.Group):
+    """A click group that reports pydp errors as one line."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except PydpError as e:
+            click.echo(f"pydp: error: {e}", err=True)
+            log = os.environ.get("PYDP_LAST_LOG")
+            if log and os.path.exists(log) and os.path.getsize(log):
+                click.echo(f"pydp: DPDK's log is in {log}", err=True)
+            sys.exit(EXIT_BAD_INPUT)
+        except OSError as e:
+            click.echo(f"pydp: error: {e.filename or ''}: {e.strerror}", err=True)
+            sys.exit(EXIT_BAD_INPUT)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="pydp")
+def main() -> None:
+    """pydp: a DPDK fast-path dataplane with a Python control surface."""
+
+
+def _need_root() -> None:
+    if os.geteuid() != 0:
+        from .errors import PermissionDenied
+        raise PermissionDenied("this command needs root (DPDK maps hugepages and devices)")
+
+
+def _parse_ports(specs: tuple[str, ...]) -> dict[str, str]:
+    ports: dict[str, str] = {}
+    for spec in specs:
+        name, sep, dev = spec.partition("=")
+        if not sep or not name or not dev:
+            raise ConfigError(f"--port {spec!r}: expected NAME=DEVARGS, e.g. in=net_null0",
+                              key="port")
+        if name in ports:
+            raise ConfigError(f"--port {name}: given twice", key="port")
+        ports[name] = dev
+    return ports
+
+
+def _parse_lcores(spec: str | None) -> tuple[str | None, list[int] | None]:
+    """--lcores '1,2' or '1-2' -> (EAL --lcores map, worker list)."""
+    if not spec:
+        return None, None
+    workers: list[int] = []
+    try:
+        for part in spec.split(","):
+            if "-" in part:
+                a, b = part.split("-", 1)
+                workers.extend(range(int(a), int(b) + 1))
+            else:
+                workers.append(int(part))
+    except ValueError:
+        raise ConfigError(f"--lcores {spec!r}: expected worker lcore ids like 1 or 1,2 or 1-3",
+                          key="lcores") from None
+    if not workers or min(workers) < 1 or len(set(workers)) != len(workers):
+        raise ConfigError(f"--lcores {spec!r}: worker lcores are distinct ids >= 1 "
+                          "(lcore 0 is the main lcore, kept by Python)", key="lcores")
+    cpus = sorted(os.sched_getaffinity(0))
+    mapping = [f"0@{cpus[0]}"] + [f"{w}@{w if w in cpus else cpus[-1]}" for w in workers]
+    return ",".join(mapping), workers
+
+
+def _start_eal(lcores: str | None, no_huge: bool, ports: dict[str, str]) -> None:
+    from . import eal
+    from .ports import is_pci, validate_devargs
+    for name, dev in ports.items():
+        try:
+            validate_devargs(dev)
+        except PydpError as e:
+            raise ConfigError(f"--port {name}: {e}", key="port") from None
+    log = os.path.join(tempfile.gettempdir(), f"pydp-dpdk-{os.getpid()}.log")
+    os.environ["PYDP_LAST_LOG"] = log
+    eal.init(lcores=lcores, hugepages=False if no_huge else None,
+             pci=any(is_pci(d) for d in ports.values()), log_file=log)
+
+
+def _run_loop(dp: Any, duration: float | None, until_idle: bool, idle: float,
+              interval: float, out: Any, stop_when_sources_done: bool) -> str:
+    """Run until a stop condition; return why it stopped."""
+    stop = {"why": ""}
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop["why"] = signal.Signals(signum).name
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        dp.start()
+        t0 = time.monotonic()
+        prev = dp.stats()
+        t_prev = t0
+        last_rx, t_rx = prev.rx, t0
+        while not stop["why"]:
+            time.sleep(0.05)
+            now = time.monotonic()
+            cur = None
+            if duration is not None and now - t0 >= duration:
+                stop["why"] = "duration"
+            if until_idle:
+                cur = dp.stats()
+                if cur.rx != last_rx:
+                    last_rx, t_rx = cur.rx, now
+                elif now - t_rx >= idle and (cur.rx > 0 or now - t0 >= max(2.0, idle)):
+                    stop["why"] = "idle"
+            if stop_when_sources_done and dp.sources_done():
+                stop["why"] = "source done"
+            if now - t_prev >= interval:
+                cur = cur or dp.stats()
+                click.echo(cur.line(prev, now - t_prev), file=out)
+                prev, t_prev = cur, now
+        dp.stop()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    return stop["why"]
+
+
+@main.command()
+@click.argument("pipeline_file", metavar="PIPELINE.yaml")
+@click.option("--port", "port_specs", multiple=True, metavar="NAME=DEVARGS",
+              help="Bind a pipeline port to a DPDK device (repeat per port).")
+@click.option("--lcores", default=None, metavar="LIST",
+              help="Worker lcores, e.g. 1 or 1,2 (lcore 0 stays with Python).")
+@click.option("--duration", type=float, default=None, metavar="S", help="Stop after S seconds.")
+@click.option("--until-idle", is_flag=True, help="Stop once every rx port has been idle.")
+@click.option("--idle", type=float, default=0.5, show_default=True, metavar="S",
+              help="How long 'idle' is for --until-idle.")
+@click.option("--json", "as_json", is_flag=True, help="Print final stats as one JSON document.")
+@click.option("--generate", multiple=True, metavar="PORT",
+              help="Feed PORT from the built-in template source instead of its rx.")
+@click.option("--rate", type=float, default=0, metavar="PPS",
+              help="Rate of --generate traffic (0: as fast as possible).")
+@click.option("--count", type=int, default=0, help="Packets --generate sends (0: endless).")
+@click.option("--interval", type=float, default=1.0, show_default=True, metavar="S",
+              help="Seconds between stats lines.")
+@click.option("--no-huge", is_flag=True, help="Run on 4 KiB pages even if hugepages exist.")
+def run(pipeline_file: str, port_specs: tuple[str, ...], lcores: str | None,
+        duration: float | None, until_idle: bool, idle: float, as_json: bool,
+        generate: tuple[str, ...], rate: float, count: int, interval: float,
+        no_huge: bool) -> None:
+    """Run PIPELINE.yaml on NIC or virtual ports until stopped (Ctrl-C, --duration, --until-idle)."""
+    from .pipeline import Pipeline
+    pl = Pipeline.load(pipeline_file)
+    ports = _parse_ports(port_specs)
+    for p in generate:
+        if p not in pl.ports:
+            raise ConfigError(f"--generate {p}: no port named '{p}' in {pipeline_file}",
+                              key="generate")
+        ports.setdefault(p, f"net_null_gen_{p}")
+    missing = [p for p in pl.ports if p not in ports]
+    if missing:
+        raise ConfigError(f"port '{missing[0]}' of {pipeline_file} has no device: add "
+                          f"--port {missing[0]}=DEVARGS", key="port")
+    extra = [p for p in ports if p not in pl.ports]
+    if extra:
+        raise ConfigError(f"--port {extra[0]}: {pipeline_file} has no port '{extra[0]}' "
+                          f"(ports: {', '.join(pl.ports)})", key="port")
+    if duration is not None and duration <= 0:
+        raise ConfigError("--duration must be positive", key="duration")
+    _need_root()
+    eal_lcores, workers = _parse_lcores(lcores)
+    _start_eal(eal_lcores, no_huge, ports)
+    _execute(pl, ports, workers, duration, until_idle, idle, as_json, generate, rate, count,
+             interval)
+
+
+def _execute(pl: Any, ports: dict[str, str], workers: list[int] | None,
+             duration: float | None, until_idle: bool, idle: float, as_json: bool,
+             generate: tuple[str, ...], rate: float, count: int, interval: float) -> None:
+    from . import eal
+    from .demo import demo_source
+    from .runtime import Dataplane
+    out = sys.stderr if as_json else sys.stdout
+    sources = {p: demo_source(rate_pps=rate, count=count) for p in generate}
+    info = eal.info()
+    with Dataplane(pl, ports, workers=workers or 1, sources=sources) as dp:
+        click.echo(f"pydp: pipeline '{pl.name}' on lcores {dp.lcores}, memory: "
+                   f"{info.memory if info else '?'}; ports: "
+                   + ", ".join(f"{n}={d}" for n, d in ports.items()), file=out)
+        why = _run_loop(dp, duration, until_idle, idle, interval, out,
+                        stop_when_sources_done=bool(generate) and count > 0)
+        st = dp.stats()
+        if as_json:
+            doc = st.to_dict()
+            doc["pipeline"] = pl.name
+            doc["stopped_by"] = why
+            click.echo(json.dumps(doc, indent=2))
+        else:
+            click.echo(f"pydp: stopped ({why})", file=out)
+            click.echo(st.summary(), file=out)
+        if why in ("SIGINT", "SIGTERM"):
+            click.echo(f"pydp: workers drained, ports closed after {why}", file=sys.stderr)
+
+
+@main.command()
+@click.option("--duration", type=float, default=5.0, show_default=True, metavar="S")
+@click.option("--rate", type=float, default=0, metavar="PPS",
+              help="Source rate (0: as fast as one core goes).")
+@click.option("--json", "as_json", is_flag=True)
+def demo(duration: float, rate: float, as_json: bool) -> None:
+    """The default pipeline (pipelines/forward.yaml) on virtual ports with live traffic.
+
+    Port `in` is fed by the C template source (10k flows, a few malformed
+    packets), port `out` is a net_null sink. Prints a stats line every
+    second and a summary when it ends by itself.
+    """
+    from .pipeline import Pipeline
+    path = _pipeline_path("forward.yaml")
+    pl = Pipeline.load(path)
+    _need_root()
+    ports = {"in": "net_null_demo_in", "out": "net_null_demo_out,no-rx=1"}
+    _start_eal(None, False, ports)
+    _execute(pl, ports, None, duration, False, 0.5, as_json, ("in",), rate, 0, 1.0)
+
+
+def _pipeline_path(name: str) -> str:
+    here = os.path.dirname(os.path.abspath(__file__))
+    for cand in (os.path.join(os.getcwd(), "pipelines", name),
+                 os.path.join(here, "..", "pipelines", name),
+                 os.path.join(here, "pipelines", name)):
+        if os.path.exists(cand):
+            return os.path.normpath(cand)
+    raise ConfigError(f"cannot find pipelines/{name}", file=name)
+
+
+@main.command()
+@click.argument("pipeline_file", metavar="PIPELINE.yaml")
+@click.option("--json", "as_json", is_flag=True, help="Print the validated pipeline as JSON.")
+def check(pipeline_file: str, as_json: bool) -> None:
+    """Validate PIPELINE.yaml without opening any port."""
+    from .pipeline import Pipeline
+    pl = Pipeline.load(pipeline_file)
+    if as_json:
+        click.echo(json.dumps(pl.to_dict(), indent=2))
+    else:
+        click.echo(pl.describe())
+        click.echo(f"{pipeline_file}: OK")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+def ports(as_json: bool) -> None:
+    """List the NICs DPDK could drive (PCI address, driver, bound or not)."""
+    from dataclasses import asdict
+
+    from .devbind import format_table, list_nics
+    nics = list_nics()
+    if as_json:
+        click.echo(json.dumps([asdict(n) for n in nics], indent=2))
+    else:
+        click.echo(format_table(nics))
+
+
+@main.command()
+@click.argument("pipeline_file", metavar="PIPELINE.yaml")
+@click.option("--duration", type=float, default=2.0, show_default=True, metavar="S",
+              help="Seconds per measurement.")
+@click.option("--flows", type=int, default=10000, show_default=True)
+@click.option("--size", "pkt_size", type=int, default=64, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def bench(pipeline_file: str, duration: float, flows: int, pkt_size: int,
+          as_json: bool) -> None:
+    """Measure PIPELINE.yaml in Mpps and cycles/packet against the bare rx->tx loop."""
+    from .bench import format_bench, run_bench
+    from .pipeline import Pipeline
+    pl = Pipeline.load(pipeline_file)
+    _need_root()
+    _start_eal(None, False, {})
+    res = run_bench(pl, duration=duration, flows=flows, pkt_size=pkt_size)
+    click.echo(json.dumps(res, indent=2) if as_json else format_bench(res))
+
+
+@main.group()
+def testbed() -> None:
+    """Network-namespace topologies to run pydp between real hosts."""
+
+
+@testbed.command("up")
+@click.argument("name", default="two-host")
+def testbed_up(name: str) -> None:
+    """Create topology NAME (default two-host)."""
+    from . import testbed as tb
+    topo = tb.up(name)
+    click.echo(topo.describe())
+
+
+@testbed.command("down")
+@click.argument("name", default="two-host")
+def testbed_down(name: str) -> None:
+    """Remove topology NAME."""
+    from . import testbed as tb
+    tb.down(name)
+    click.echo(f"testbed {name}: down")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
