@@ -163,7 +163,7 @@ def run(pipeline_file: str, port_specs: tuple[str, ...], lcores: str | None,
         duration: float | None, until_idle: bool, idle: float, as_json: bool,
         generate: tuple[str, ...], rate: float, count: int, interval: float,
         no_huge: bool) -> None:
-    """Run PIPELINE.yaml on NIC or virtual ports until stopped (Ctrl-C, --duration, --until-idle)."""
+    """Run PIPELINE.yaml on NIC or virtual ports until Ctrl-C, --duration or --until-idle."""
     from .pipeline import Pipeline
     pl = Pipeline.load(pipeline_file)
     ports = _parse_ports(port_specs)

@@ -81,7 +81,7 @@ class Source:
 
     def __init__(self, templates: Sequence[Any], vary: Sequence[Vary] = (),
                  rate_pps: float = 0, count: int = 0) -> None:
-        """``templates``: scapy packets (Ether first). ``rate_pps`` 0 = line rate; ``count`` 0 = endless."""
+        """``templates``: scapy packets (Ether first); ``rate_pps``/``count`` 0 = unlimited."""
         if not templates:
             raise InvalidArgument("source: templates: at least one packet is needed")
         if rate_pps < 0 or count < 0:
