@@ -71,8 +71,9 @@ class Topology:
 
     ``hosts``: the hosts' network namespaces. ``dp_ifaces``: pipeline port
     name -> root-namespace interface for pydp. ``host_ifaces``: namespace ->
-    its interface; ``host_ports``: namespace -> the port it hangs off. ``addresses``: namespace -> its addresses with prefix
-    length (``["10.0.0.1/24", "fd00::1/64"]``).
+    its interface; ``host_ports``: namespace -> the port it hangs off.
+    ``addresses``: namespace -> its addresses with prefix length
+    (``["10.0.0.1/24", "fd00::1/64"]``).
     """
 
     name: str
