@@ -10,12 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import PIPELINES, ROOT
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 from scapy.utils import rdpcap, wrpcap
-
-from conftest import PIPELINES, ROOT
 
 PYDP = [sys.executable, "-m", "pydp.cli"]
 
