@@ -12,6 +12,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+def _is_drop(name: str) -> bool:
+    """True for 'port/<p>/drop/<reason>' and 'stage/<s>/drop/<reason>'."""
+    parts = name.split("/")
+    return len(parts) == 4 and parts[2] == "drop"
+
+
 @dataclass
 class Stats:
     """A summed snapshot of a pipeline's counters."""
@@ -62,8 +68,8 @@ class Stats:
         """Every non-zero drop as 'stage-or-port/reason' -> count."""
         out = {}
         for k, v in self.counters.items():
-            parts = k.split("/")
-            if len(parts) == 4 and parts[2] == "drop" and v:
+            if _is_drop(k) and v:
+                parts = k.split("/")
                 out[f"{parts[1]}/{parts[3]}"] = v
         return out
 
@@ -80,7 +86,7 @@ class Stats:
     @property
     def dropped(self) -> int:
         """Packets dropped, all reasons."""
-        return sum(v for k, v in self.counters.items() if "/drop/" in k)
+        return sum(v for k, v in self.counters.items() if _is_drop(k))
 
     @property
     def copies(self) -> int:
