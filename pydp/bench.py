@@ -224,31 +224,65 @@ def _rx_index(dp: Dataplane, port: str) -> int:
     return dp.counter_names.index(f"port/{port}/rx_packets")
 
 
+def _worker_tids(lcores: list[int]) -> list[int]:
+    """Kernel thread ids of the EAL worker threads running ``lcores`` (by thread name)."""
+    want = {f"rte-worker-{lc}" for lc in lcores}
+    tids = []
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            if (task / "comm").read_text().strip() in want:
+                tids.append(int(task.name))
+        except OSError:
+            continue
+    return tids if len(tids) == len(want) else []
+
+
+def _cpu_ns(tids: list[int]) -> int:
+    """Nanoseconds the threads ``tids`` have spent on a CPU (/proc schedstat)."""
+    total = 0
+    for t in tids:
+        try:
+            total += int(Path(f"/proc/self/task/{t}/schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return 0
+    return total
+
+
 def _measure(dp: Dataplane, port: str, duration: float, warmup: float) -> dict[str, float]:
-    """Start ``dp``, skip ``warmup`` s, count ``port``'s rx over ``duration`` s, stop."""
+    """Start ``dp``, skip ``warmup`` s, count ``port``'s rx over ``duration`` s, stop.
+
+    Wall-clock figures use the TSC. The CPU time the worker threads really
+    got (``cpu_share`` of the wall time) gives the ``cpu_*`` figures, which
+    do not move when another process shares the worker's CPU.
+    """
     idx = _rx_index(dp, port)
     ctr = dp.counters()
+    tids = _worker_tids(list(dp.lcores))
     dp.start()
     try:
         time.sleep(warmup)
-        n0, t0 = int(ctr[:, idx].sum()), eal.tsc()
+        n0, t0, c0 = int(ctr[:, idx].sum()), eal.tsc(), _cpu_ns(tids)
         time.sleep(duration)
-        n1, t1 = int(ctr[:, idx].sum()), eal.tsc()
+        n1, t1, c1 = int(ctr[:, idx].sum()), eal.tsc(), _cpu_ns(tids)
     finally:
         dp.stop()
     hz = eal.tsc_hz()
     elapsed = (t1 - t0) / hz
     pkts = n1 - n0
     workers = len(dp.lcores)
+    cpu = (c1 - c0) / 1e9 if tids and c1 > c0 else 0.0
     return {"packets": pkts, "elapsed": elapsed,
             "mpps": pkts / elapsed / 1e6 if elapsed > 0 else 0.0,
-            "cycles_per_packet": (t1 - t0) * workers / pkts if pkts else float("inf")}
+            "cycles_per_packet": (t1 - t0) * workers / pkts if pkts else float("inf"),
+            "cpu_share": cpu / (elapsed * workers) if cpu and elapsed > 0 else 0.0,
+            "cpu_mpps": pkts / (cpu / workers) / 1e6 if cpu else 0.0,
+            "cpu_cycles_per_packet": cpu * hz / pkts if cpu and pkts else float("inf")}
 
 
-def _median_run(runs: list[dict[str, float]]) -> dict[str, float]:
-    """The run with the median Mpps (its own cycles/packet go with it)."""
-    order = sorted(runs, key=lambda r: r["mpps"])
-    return order[(len(order) - 1) // 2]  # the lower median for an even count
+def _median(runs: list[dict[str, float]], key: str) -> float:
+    """The median of ``key`` over ``runs`` (the lower one for an even count)."""
+    vals = sorted(r[key] for r in runs)
+    return vals[(len(vals) - 1) // 2]
 
 
 def _pcap_devargs(path: Path, queues: int) -> str:
@@ -348,17 +382,32 @@ def run_bench(pipeline: str | os.PathLike | Pipeline, duration: float = 2.0,
         notes.append("the source is polled by one worker: source figures are for one core")
     if tx < rx * 0.99:
         notes.append(f"the pipeline forwarded only {tx}/{rx} packets (see drops)")
-    b, p, s = (_median_run(runs[k]) for k in ("baseline", "pipeline", "source"))
+    med = {k: {m: _median(v, m) for m in _METRICS} for k, v in runs.items()}
+    b, p, s = med["baseline"], med["pipeline"], med["source"]
+    share = min(r["cpu_share"] for v in runs.values() for r in v)
+    if 0 < share < 0.9:
+        notes.append(f"the worker CPU was shared with other processes (on-CPU share down to "
+                     f"{share:.0%}): wall-clock figures are low; the cpu_* figures count "
+                     "only the CPU time the workers got")
     return {
         "pipeline": pl.name,
         "mpps": _r4(p["mpps"]),
         "cycles_per_packet": round(p["cycles_per_packet"], 1),
         "baseline_mpps": _r4(b["mpps"]),
         "baseline_cycles_per_packet": round(b["cycles_per_packet"], 1),
-        "ratio": _r4(p["mpps"] / b["mpps"]) if b["mpps"] else 0.0,
+        "ratio": _ratio(p["mpps"], b["mpps"]),
         "source_mpps": _r4(s["mpps"]),
         "source_cycles_per_packet": round(s["cycles_per_packet"], 1),
-        "source_ratio": _r4(s["mpps"] / b["mpps"]) if b["mpps"] else 0.0,
+        "source_ratio": _ratio(s["mpps"], b["mpps"]),
+        "cpu_mpps": _r4(p["cpu_mpps"]),
+        "cpu_cycles_per_packet": round(p["cpu_cycles_per_packet"], 1),
+        "baseline_cpu_mpps": _r4(b["cpu_mpps"]),
+        "baseline_cpu_cycles_per_packet": round(b["cpu_cycles_per_packet"], 1),
+        "cpu_ratio": _ratio(p["cpu_mpps"], b["cpu_mpps"]),
+        "source_cpu_mpps": _r4(s["cpu_mpps"]),
+        "source_cpu_cycles_per_packet": round(s["cpu_cycles_per_packet"], 1),
+        "source_cpu_ratio": _ratio(s["cpu_mpps"], b["cpu_mpps"]),
+        "cpu_share": {k: round(v["cpu_share"], 3) for k, v in med.items()},
         "memory": info.memory,
         "duration": duration,
         "warmup": warmup,
@@ -372,37 +421,53 @@ def run_bench(pipeline: str | os.PathLike | Pipeline, duration: float = 2.0,
         "sink_port": sink,
         "drops": drops,
         "forwarded": {"rx": rx, "tx": tx, "by_port": sent_to},
-        "runs": {k: [{"mpps": _r4(r["mpps"]), "cycles_per_packet": round(r["cycles_per_packet"], 1)}
-                     for r in v] for k, v in runs.items()},
+        "runs": {k: [{m: round(r[m], 4) for m in _METRICS} for r in v]
+                 for k, v in runs.items()},
         "targets": {"ratio": TARGETS["ratio"], "source_ratio": TARGETS["source_ratio"]},
         "notes": notes,
     }
+
+
+_METRICS = ("mpps", "cycles_per_packet", "cpu_share", "cpu_mpps", "cpu_cycles_per_packet")
 
 
 def _r4(x: float) -> float:
     return round(x, 4)
 
 
+def _ratio(a: float, b: float) -> float:
+    return round(a / b, 4) if b else 0.0
+
+
 def format_bench(result: Mapping[str, Any]) -> str:
     """A human summary of a :func:`run_bench` result."""
     r = result
+    nan = float("nan")
+    share = r.get("cpu_share", {})
     lines = [
         f"pipeline {r['pipeline']}: {r['flows']} flows, {r['pkt_size']}-byte frames, "
         f"{r['workers']} worker(s), {r['memory']}, median of {r.get('repeat', 3)} x "
         f"{r['duration']:g} s",
-        f"  {'':<10} {'Mpps':>9} {'cycles/pkt':>11} {'vs bare':>8}",
-        f"  {'bare':<10} {r['baseline_mpps']:>9.2f} {r['baseline_cycles_per_packet']:>11.1f} "
-        f"{1.0:>8.2f}",
-        f"  {'pipeline':<10} {r['mpps']:>9.2f} {r['cycles_per_packet']:>11.1f} "
-        f"{r['ratio']:>8.2f}",
-        f"  {'source':<10} {r['source_mpps']:>9.2f} "
-        f"{r.get('source_cycles_per_packet', float('nan')):>11.1f} {r['source_ratio']:>8.2f}",
+        f"  {'':<9} {'Mpps':>8} {'cyc/pkt':>8} {'vs bare':>8}   {'on-CPU':>6} "
+        f"{'cpu Mpps':>8} {'cyc/pkt':>8} {'vs bare':>8}",
     ]
+    rows = (("bare", "baseline_", "baseline_", None, None, "baseline"),
+            ("pipeline", "", "", "ratio", "cpu_ratio", "pipeline"),
+            ("source", "source_", "source_", "source_ratio", "source_cpu_ratio", "source"))
+    for label, pre, cpre, rk, crk, sk in rows:
+        lines.append(
+            f"  {label:<9} {r[pre + 'mpps']:>8.2f} {r.get(pre + 'cycles_per_packet', nan):>8.1f} "
+            f"{(r[rk] if rk else 1.0):>8.2f}   {share.get(sk, 0):>6.0%} "
+            f"{r.get(cpre + 'cpu_mpps', nan):>8.2f} "
+            f"{r.get(cpre + 'cpu_cycles_per_packet', nan):>8.1f} "
+            f"{(r.get(crk, nan) if crk else 1.0):>8.2f}")
     for key, label in (("ratio", "pipeline >= {t} x bare"),
                        ("source_ratio", "source >= {t} x bare")):
         t = TARGETS[key]
+        cpu = r.get(key.replace("ratio", "cpu_ratio") if key == "ratio" else "source_cpu_ratio")
+        extra = f", on-CPU {cpu:.2f}" if cpu is not None else ""
         lines.append(f"  {'PASS' if r[key] >= t else 'MISS'}  {label.format(t=t)} "
-                     f"({r[key]:.2f})")
+                     f"({r[key]:.2f}{extra})")
     drops = r.get("drops") or {}
     lines.append("  drops: " + (", ".join(f"{k} {v}" for k, v in drops.items()) or "none"))
     for n in r.get("notes", []):
