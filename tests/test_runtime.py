@@ -270,3 +270,19 @@ def test_source_bad_input(eal, kw, msg):
 def test_pool_standalone(eal):
     with Pool(1024) as p:
         assert p.size() == 1024 and p.in_use() == 0
+
+
+def test_rss_configured_on_multi_queue_null_port(eal, vdev_name):
+    """net_null advertises RSS: two rx queues, one per worker, both carry traffic."""
+    if len(eal.workers) < 2:
+        pytest.skip("needs two worker lcores")
+    ports = {"in": vdev_name("net_null"), "out": f"{vdev_name('net_null')},no-rx=1"}
+    with Dataplane(FWD, ports=ports, workers=2) as dp:
+        assert dp.port("in").info().rss
+        dp.start()
+        time.sleep(0.5)
+        dp.stop()
+        rx = dp.counters()[:, dp.counter_names.index("port/in/rx_packets")]
+        assert all(int(x) > 0 for x in rx), rx  # each worker polled its own queue
+        st = dp.stats()
+        assert st.balanced() and st.rx > 0
