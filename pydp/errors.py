@@ -52,7 +52,7 @@ class ConfigError(PydpError, ValueError):
     """A pipeline file or definition is wrong; the message names where."""
 
     def __init__(self, message: str, file: str | None = None, line: int | None = None,
-                 key: str | None = None) -> None:
+                 key: str | None = None, path: tuple = ()) -> None:
         where = ""
         if file:
             where = f"{file}:{line}: " if line else f"{file}: "
@@ -60,6 +60,9 @@ class ConfigError(PydpError, ValueError):
         self.file = file
         self.line = line
         self.key = key
+        self.path = path  # keys/indexes inside a stage, e.g. ("routes", 2, "prefix")
+        self.stage: str | None = None
+        self.message = message
 
 
 _BY_ERRNO: dict[int, type[PydpError]] = {

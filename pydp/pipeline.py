@@ -97,14 +97,17 @@ class Pipeline:
         names = self.stage_names()
         dup = {n for n in names if names.count(n) > 1}
         if dup:
-            raise ConfigError(f"stage name '{sorted(dup)[0]}' is used twice", key="name")
+            e = ConfigError(f"stage name '{sorted(dup)[0]}' is used twice", key="name",
+                            path=("name",))
+            e.stage = sorted(dup)[0]  # the error points at the later definition
+            raise e
         for s in self.stages:
             if not isinstance(s, Stage):
                 raise ConfigError(f"{s!r} is not a stage", key="stages")
             try:
                 s.validate(self)
             except ConfigError as e:
-                e.stage = s.name  # type: ignore[attr-defined]
+                e.stage = s.name
                 raise
         if self.inputs is not None:
             if not isinstance(self.inputs, dict) or not self.inputs:
@@ -175,27 +178,23 @@ class Pipeline:
         stages: list[Stage] = []
         by_name: dict[str, Any] = {}
         for i, sd in enumerate(data["stages"]):
+            if not isinstance(sd, dict):
+                raise ConfigError("a stage must be a mapping with 'name' and 'type'", file=file,
+                                  line=data["stages"].line_of(i), key="stages")
             try:
                 st = stage_from_dict(sd)
             except ConfigError as e:
-                node = sd if isinstance(sd, dict) else data["stages"]
-                key = e.key if isinstance(sd, dict) and e.key in sd else None
-                if key is None and isinstance(sd, dict):
-                    raise ConfigError(str(e), file=file, line=sd.line if hasattr(sd, "line")
-                                      else data["stages"].line_of(i), key=e.key) from None
-                raise err(str(e), node, key) from None
+                raise _located(e, file, sd) from None
             stages.append(st)
             by_name[st.name] = sd
         inputs = data.get("inputs")
         try:
             return cls(data["name"], data["ports"], stages, inputs, data.get("description", ""))
         except ConfigError as e:
-            sname = getattr(e, "stage", None)
-            node = by_name.get(sname, data) if sname else data
-            key = e.key if isinstance(node, dict) and e.key in node else None
-            if key is None and node is data and e.key in data:
-                key = e.key
-            raise err(str(e), node, key) from None
+            if e.stage in by_name:
+                raise _located(e, file, by_name[e.stage]) from None
+            key = e.key if e.key in data else None
+            raise err(e.message, data, key) from None
 
     def to_dict(self) -> dict[str, Any]:
         """The pipeline as YAML-ready data."""
@@ -231,6 +230,22 @@ class Pipeline:
                 extra = f" port={s.port}"  # type: ignore[attr-defined]
             lines.append(f"  [{s.TYPE}] {s.name}{extra}" + (f" -> {targets}" if targets else ""))
         return "\n".join(lines)
+
+
+def _located(e: ConfigError, file: str, node: Any) -> ConfigError:
+    """Re-raise ``e`` with the line of its path (or key) inside stage mapping ``node``."""
+    line = getattr(node, "line", None)
+    path = e.path or ((e.key,) if e.key else ())
+    for step in path:
+        if isinstance(node, yamlsrc.LocDict) and step in node:
+            line, node = node.line_of(step), node[step]
+        elif isinstance(node, yamlsrc.LocList) and isinstance(step, int) and step < len(node):
+            line, node = node.line_of(step), node[step]
+        else:
+            break
+    out = ConfigError(e.message, file=file, line=line, key=e.key, path=e.path)
+    out.stage = e.stage
+    return out
 
 
 __all__ = ["Pipeline", "STAGE_TYPES"]

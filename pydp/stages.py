@@ -235,7 +235,7 @@ def _items(cls: type, value: Any, key: str, stage: str) -> list:
     if value is None:
         return []
     if not isinstance(value, list):
-        raise ConfigError(f"stage '{stage}': {key} must be a list", key=key)
+        raise ConfigError(f"stage '{stage}': {key} must be a list", key=key, path=(key,))
     out = []
     names = [f.name for f in dataclasses.fields(cls)]
     for i, v in enumerate(value):
@@ -243,19 +243,18 @@ def _items(cls: type, value: Any, key: str, stage: str) -> list:
             out.append(v)
             continue
         if not isinstance(v, dict):
-            raise ConfigError(f"stage '{stage}': {key}[{i}] must be a mapping", key=key)
+            raise ConfigError(f"stage '{stage}': {key}[{i}] must be a mapping", key=key,
+                              path=(key, i))
         for k in v:
             if k not in names:
                 raise ConfigError(f"stage '{stage}': {key}[{i}] has no key '{k}' "
-                                  f"(allowed: {', '.join(names)})", key=k)
-        try:
-            out.append(cls(**v))
-        except TypeError:
-            missing = [n for n in names if n not in v and
-                       next(f for f in dataclasses.fields(cls) if f.name == n).default
-                       is dataclasses.MISSING]
+                                  f"(allowed: {', '.join(names)})", key=k, path=(key, i, k))
+        missing = [f.name for f in dataclasses.fields(cls)
+                   if f.name not in v and f.default is dataclasses.MISSING]
+        if missing:
             raise ConfigError(f"stage '{stage}': {key}[{i}] needs {', '.join(missing)}",
-                              key=missing[0] if missing else key) from None
+                              key=missing[0], path=(key, i))
+        out.append(cls(**v))
     return out
 
 
@@ -281,23 +280,29 @@ class L3Route(Stage):
         """Check next hops (port, MACs, unique names) and route prefixes."""
         super().validate(pl)
         seen: set[str] = set()
-        for nh in self.nexthops:
-            check_name(nh.name, "nexthops.name")
-            if nh.name in seen:
-                raise ConfigError(f"stage '{self.name}': next hop '{nh.name}' defined twice",
-                                  key="name")
-            seen.add(nh.name)
-            if nh.port not in pl.ports:
-                raise ConfigError(f"stage '{self.name}': next hop '{nh.name}': port: no port "
-                                  f"named {nh.port!r}", key="port")
-            parse_mac(nh.dst_mac, "dst_mac")
-            if nh.src_mac is not None:
-                parse_mac(nh.src_mac, "src_mac")
-        for r in self.routes:
-            self.parse_prefix(r.prefix)
+        for i, nh in enumerate(self.nexthops):
+            where = f"stage '{self.name}': next hop '{nh.name}'"
+            try:
+                check_name(nh.name, "name")
+                if nh.name in seen:
+                    raise ConfigError(f"{where} is defined twice", key="name")
+                seen.add(nh.name)
+                if nh.port not in pl.ports:
+                    raise ConfigError(f"{where}: port: no port named {nh.port!r}", key="port")
+                parse_mac(nh.dst_mac, "dst_mac")
+                if nh.src_mac is not None:
+                    parse_mac(nh.src_mac, "src_mac")
+            except ConfigError as e:
+                msg = e.message if e.message.startswith("stage ") else f"{where}: {e.message}"
+                raise ConfigError(msg, key=e.key, path=("nexthops", i, e.key)) from None
+        for i, r in enumerate(self.routes):
+            try:
+                self.parse_prefix(r.prefix)
+            except ConfigError as e:
+                raise ConfigError(e.message, key="prefix", path=("routes", i, "prefix")) from None
             if r.via not in seen:
                 raise ConfigError(f"stage '{self.name}': route {r.prefix}: via: no next hop "
-                                  f"named {r.via!r}", key="via")
+                                  f"named {r.via!r}", key="via", path=("routes", i, "via"))
 
     def parse_prefix(self, prefix: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
         """Parse a CIDR prefix, naming the route on error."""

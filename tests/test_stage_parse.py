@@ -31,9 +31,9 @@ from scapy.layers.inet6 import (
 from scapy.layers.ipsec import AH
 from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 from scapy.packet import Raw
+from test_stages import SRC_MAC, assert_same, edge_pipeline, eth, pid, run, tag
 
 from pydp.stages import stage_drops
-from test_stages import SRC_MAC, assert_same, edge_pipeline, eth, pid, run, tag
 
 EDGE_PORT = {"ipv4": "v4", "ipv6": "v6", "arp": "arp", "other": "other"}
 _ids = itertools.count(1)
@@ -145,12 +145,11 @@ VALID = [
 ]
 
 
-def _v4_len(pkt: Any) -> int:
-    return len(bytes(pkt[IP]))
-
-
-_udp = eth() / IP(**V4) / UDP() / tag(0)
-_v6udp = eth() / IPv6(**V6) / UDP() / tag(0)
+def longer(pkt: Any, layer: Any, field: str, extra: int) -> Any:
+    """``pkt`` with the IP length field ``field`` set ``extra`` bytes beyond its real value."""
+    real = len(bytes(pkt[layer])) - (40 if layer is IPv6 else 0)
+    pkt[layer].setfieldval(field, real + extra)
+    return pkt
 
 # (id, drop reason, packet)
 MALFORMED = [
@@ -172,10 +171,10 @@ MALFORMED = [
     ("ipv4-ihl4", "bad-ipv4-header-length", patch(eth() / IP(**V4) / UDP() / t(), 14, 0x44)),
     ("ipv4-ihl0", "bad-ipv4-header-length", patch(eth() / IP(**V4) / UDP() / t(), 14, 0x40)),
     ("ipv4-total-length-beyond-frame", "bad-ip-total-length",
-     eth() / IP(len=_v4_len(_udp) + 1, **V4) / UDP() / t()),
+     longer(eth() / IP(**V4) / UDP() / t(), IP, "len", 1)),
     ("ipv4-total-length-below-ihl", "bad-ip-total-length", eth() / IP(len=19, **V4) / UDP() / t()),
     ("ipv6-payload-length-beyond-frame", "bad-ip-total-length",
-     eth() / IPv6(plen=len(bytes(_v6udp[UDP])) + 1, **V6) / UDP() / t()),
+     longer(eth() / IPv6(**V6) / UDP() / t(), IPv6, "plen", 1)),
     ("ipv4-bad-checksum", "bad-ipv4-checksum", eth() / IP(chksum=0x0BAD, **V4) / UDP() / t()),
     ("ipv4-options-bad-checksum", "bad-ipv4-checksum",
      eth() / IP(chksum=0x0BAD, options=[IPOption_Router_Alert()], **V4) / UDP() / t()),
@@ -195,7 +194,8 @@ MALFORMED = [
      eth() / IPv6(**V6) / IPv6ExtHdrHopByHop() / dest_opts(8) / TCP() / t()),
     ("ipv4-tcp-19-bytes", "truncated-l4", eth() / IP(proto=6, **V4) / Raw(b"\x00" * 19)),
     ("ipv4-tcp-no-header", "truncated-l4", pad(eth() / IP(proto=6, **V4))),
-    ("ipv4-udp-7-bytes", "truncated-l4", eth() / IP(proto=17, **V4) / Raw(b"\x00\x01" * 3 + b"\x00")),
+    ("ipv4-udp-7-bytes", "truncated-l4",
+     eth() / IP(proto=17, **V4) / Raw(b"\x00\x01\x00\x02\x00\x07?")),
     ("ipv4-icmp-7-bytes", "truncated-l4", eth() / IP(proto=1, **V4) / Raw(b"\x08" + b"\x00" * 6)),
     ("ipv4-first-fragment-udp-4-bytes", "truncated-l4",
      eth() / IP(proto=17, flags="MF", **V4) / Raw(b"\x00\x01\x00\x02")),

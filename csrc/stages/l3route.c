@@ -27,6 +27,8 @@ struct l3_nh {
 struct l3_table {
 	struct rte_lpm *lpm4;
 	struct rte_lpm6 *lpm6;
+	int64_t def4;           /* next hop of 0.0.0.0/0, -1 none (LPM refuses depth 0) */
+	int64_t def6;           /* next hop of ::/0, -1 none */
 	unsigned n_nh;
 	struct l3_nh nh[];
 };
@@ -104,6 +106,8 @@ int pd_l3route_commit(struct pd_pipeline *p, int stage,
 	if (!t)
 		return PD_ERR(ENOMEM, "stage '%s': out of memory", st->name);
 	t->n_nh = n_nhs;
+	t->def4 = -1;
+	t->def6 = -1;
 	for (i = 0; i < n_nhs; i++) {
 		t->nh[i].port = nhs[i].port;
 		memcpy(t->nh[i].dst.addr_bytes, nhs[i].dst_mac, 6);
@@ -131,6 +135,13 @@ int pd_l3route_commit(struct pd_pipeline *p, int stage,
 	for (i = 0; i < n_routes; i++) {
 		const struct pd_route *r = &routes[i];
 
+		if (r->depth == 0) {
+			if (r->family == 4)
+				t->def4 = r->nexthop;
+			else
+				t->def6 = r->nexthop;
+			continue;
+		}
 		if (r->family == 4) {
 			uint32_t a = ((uint32_t)r->addr[0] << 24) |
 				     ((uint32_t)r->addr[1] << 16) |
@@ -230,19 +241,23 @@ static void l3route_process(struct pd_stage *st, struct pd_worker *w,
 	if (n4) {
 		rte_lpm_lookup_bulk(t->lpm4, ip4, hop4, n4);
 		for (i = 0; i < n4; i++) {
-			if (unlikely(!(hop4[i] & RTE_LPM_LOOKUP_SUCCESS)))
-				pd_drop(w, st, L3_NO_ROUTE, v4[i]);
-			else
+			if (likely(hop4[i] & RTE_LPM_LOOKUP_SUCCESS))
 				l3_send(w, st, t, v4[i], hop4[i] & 0x00ffffff);
+			else if (t->def4 >= 0)
+				l3_send(w, st, t, v4[i], (uint32_t)t->def4);
+			else
+				pd_drop(w, st, L3_NO_ROUTE, v4[i]);
 		}
 	}
 	if (n6) {
 		rte_lpm6_lookup_bulk_func(t->lpm6, ip6, hop6, n6);
 		for (i = 0; i < n6; i++) {
-			if (unlikely(hop6[i] < 0))
-				pd_drop(w, st, L3_NO_ROUTE, v6[i]);
-			else
+			if (likely(hop6[i] >= 0))
 				l3_send(w, st, t, v6[i], (uint32_t)hop6[i]);
+			else if (t->def6 >= 0)
+				l3_send(w, st, t, v6[i], (uint32_t)t->def6);
+			else
+				pd_drop(w, st, L3_NO_ROUTE, v6[i]);
 		}
 	}
 }
