@@ -159,10 +159,13 @@ def _run_loop(dp: Any, duration: float | None, until_idle: bool, idle: float,
 @click.option("--interval", type=float, default=1.0, show_default=True, metavar="S",
               help="Seconds between stats lines.")
 @click.option("--no-huge", is_flag=True, help="Run on 4 KiB pages even if hugepages exist.")
+@click.option("--control", default=None, metavar="PATH",
+              help="Control socket (default $PYDP_CONTROL or /run/pydp/pydp.sock).")
+@click.option("--no-control", is_flag=True, help="Do not open a control socket.")
 def run(pipeline_file: str, port_specs: tuple[str, ...], lcores: str | None,
         duration: float | None, until_idle: bool, idle: float, as_json: bool,
         generate: tuple[str, ...], rate: float, count: int, interval: float,
-        no_huge: bool) -> None:
+        no_huge: bool, control: str | None, no_control: bool) -> None:
     """Run PIPELINE.yaml on NIC or virtual ports until Ctrl-C, --duration or --until-idle."""
     from .pipeline import Pipeline
     pl = Pipeline.load(pipeline_file)
@@ -186,22 +189,42 @@ def run(pipeline_file: str, port_specs: tuple[str, ...], lcores: str | None,
     eal_lcores, workers = _parse_lcores(lcores)
     _start_eal(eal_lcores, no_huge, ports)
     _execute(pl, ports, workers, duration, until_idle, idle, as_json, generate, rate, count,
-             interval)
+             interval, None if no_control else (control or ""))
+
+
+def serve_dataplane(dp: Any, ports: dict[str, str], path: str | None) -> Any:
+    """Open the control socket of a running dataplane and register its commands."""
+    from . import eal
+    from .control import ControlServer
+    srv = ControlServer(path or None)
+    info = eal.info()
+    srv.register("stats", lambda: dp.stats().to_dict())
+    srv.register("pipeline", lambda: dp.pipeline.to_dict())
+    srv.register("info", lambda: {
+        "pipeline": dp.pipeline.name, "lcores": dp.lcores, "ports": ports,
+        "memory": info.memory if info else "", "running": dp.running, "pid": os.getpid()})
+    srv.start()
+    return srv
 
 
 def _execute(pl: Any, ports: dict[str, str], workers: list[int] | None,
              duration: float | None, until_idle: bool, idle: float, as_json: bool,
-             generate: tuple[str, ...], rate: float, count: int, interval: float) -> None:
+             generate: tuple[str, ...], rate: float, count: int, interval: float,
+             control: str | None = None) -> None:
+    from contextlib import nullcontext
+
     from . import eal
     from .demo import demo_source
     from .runtime import Dataplane
     out = sys.stderr if as_json else sys.stdout
     sources = {p: demo_source(rate_pps=rate, count=count) for p in generate}
     info = eal.info()
-    with Dataplane(pl, ports, workers=workers or 1, sources=sources) as dp:
+    with Dataplane(pl, ports, workers=workers or 1, sources=sources) as dp, \
+            (serve_dataplane(dp, ports, control) if control is not None else nullcontext()) as srv:
         click.echo(f"pydp: pipeline '{pl.name}' on lcores {dp.lcores}, memory: "
                    f"{info.memory if info else '?'}; ports: "
-                   + ", ".join(f"{n}={d}" for n, d in ports.items()), file=out)
+                   + ", ".join(f"{n}={d}" for n, d in ports.items())
+                   + (f"; control: {srv.path}" if srv else ""), file=out)
         why = _run_loop(dp, duration, until_idle, idle, interval, out,
                         stop_when_sources_done=bool(generate) and count > 0)
         st = dp.stats()
@@ -246,6 +269,32 @@ def _pipeline_path(name: str) -> str:
         if os.path.exists(cand):
             return os.path.normpath(cand)
     raise ConfigError(f"cannot find pipelines/{name}", file=name)
+
+
+@main.command()
+@click.option("--control", default=None, metavar="PATH", help="Control socket of the dataplane.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document.")
+@click.option("--watch", is_flag=True, help="Refresh every --interval seconds until Ctrl-C.")
+@click.option("--interval", type=float, default=1.0, show_default=True, metavar="S")
+def stats(control: str | None, as_json: bool, watch: bool, interval: float) -> None:
+    """Counters of a running dataplane: per port, per stage, per drop reason."""
+    from .control import ControlClient
+    from .stats import Stats
+    with ControlClient(control) as c:
+        while True:
+            doc = c.call("stats")
+            if as_json:
+                click.echo(json.dumps(doc, indent=None if watch else 2))
+            else:
+                if watch:
+                    click.clear()
+                click.echo(Stats.from_dict(doc).summary())
+            if not watch:
+                return
+            try:
+                time.sleep(interval)
+            except KeyboardInterrupt:
+                return
 
 
 @main.command()

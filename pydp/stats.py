@@ -110,6 +110,28 @@ class Stats:
             "drops": self.drops(),
         }
 
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> Stats:
+        """Rebuild a snapshot from :meth:`to_dict` output (e.g. over the control socket)."""
+        c: dict[str, int] = {}
+        hw: dict[str, dict[str, int]] = {}
+        for port, p in doc.get("ports", {}).items():
+            for k, v in p.items():
+                if k == "drops":
+                    c.update({f"port/{port}/drop/{r}": n for r, n in v.items()})
+                elif k in ("missed", "errors", "rx_nombuf"):
+                    hw.setdefault(port, {})
+                    hw[port][{"missed": "imissed", "errors": "ierrors"}.get(k, k)] = v
+                else:
+                    c[f"port/{port}/{k}"] = v
+        for st, s in doc.get("stages", {}).items():
+            for k, v in s.items():
+                if k == "drops":
+                    c.update({f"stage/{st}/drop/{r}": n for r, n in v.items()})
+                else:
+                    c[f"stage/{st}/{k}"] = v
+        return cls(c, hw, doc.get("elapsed_s", 0.0), doc.get("memory", ""))
+
     def to_json(self) -> str:
         """:meth:`to_dict` as one JSON document."""
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -19,9 +20,16 @@ from scapy.utils import rdpcap, wrpcap
 PYDP = [sys.executable, "-m", "pydp.cli"]
 
 
+def env() -> dict[str, str]:
+    """Each pydp process gets its own control socket, so runs never collide."""
+    e = dict(os.environ)
+    e["PYDP_CONTROL"] = f"/tmp/pydp-test-{os.getpid()}-{time.time_ns()}.sock"
+    return e
+
+
 def pydp(*args: str, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(PYDP + list(args), capture_output=True, text=True, timeout=timeout,
-                          cwd=ROOT, **kw)
+                          cwd=ROOT, env=env(), **kw)
 
 
 def one_clear_line(r: subprocess.CompletedProcess) -> str:
@@ -92,7 +100,8 @@ def test_demo_runs_and_ends_by_itself():
 def test_signal_stops_cleanly(sig):
     p = subprocess.Popen(PYDP + ["run", "pipelines/forward.yaml", "--port", "in=net_null0",
                                  "--port", "out=net_null1,no-rx=1", "--json"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                         env=env())
     try:
         deadline = time.time() + 30
         line = ""
