@@ -162,10 +162,15 @@ def _run_loop(dp: Any, duration: float | None, until_idle: bool, idle: float,
 @click.option("--control", default=None, metavar="PATH",
               help="Control socket (default $PYDP_CONTROL or /run/pydp/pydp.sock).")
 @click.option("--no-control", is_flag=True, help="Do not open a control socket.")
+@click.option("--metrics", "metrics_port", type=click.IntRange(0, 65535), default=None,
+              metavar="PORT", help="Serve Prometheus metrics on http://ADDR:PORT/metrics.")
+@click.option("--metrics-addr", default="127.0.0.1", show_default=True, metavar="ADDR",
+              help="Address for --metrics (loopback unless you say otherwise).")
 def run(pipeline_file: str, port_specs: tuple[str, ...], lcores: str | None,
         duration: float | None, until_idle: bool, idle: float, as_json: bool,
         generate: tuple[str, ...], rate: float, count: int, interval: float,
-        no_huge: bool, control: str | None, no_control: bool) -> None:
+        no_huge: bool, control: str | None, no_control: bool, metrics_port: int | None,
+        metrics_addr: str) -> None:
     """Run PIPELINE.yaml on NIC or virtual ports until Ctrl-C, --duration or --until-idle."""
     from .pipeline import Pipeline
     pl = Pipeline.load(pipeline_file)
@@ -189,7 +194,8 @@ def run(pipeline_file: str, port_specs: tuple[str, ...], lcores: str | None,
     eal_lcores, workers = _parse_lcores(lcores)
     _start_eal(eal_lcores, no_huge, ports)
     _execute(pl, ports, workers, duration, until_idle, idle, as_json, generate, rate, count,
-             interval, None if no_control else (control or ""))
+             interval, None if no_control else (control or ""),
+             None if metrics_port is None else (metrics_addr, metrics_port))
 
 
 def serve_dataplane(dp: Any, ports: dict[str, str], path: str | None) -> Any:
@@ -210,21 +216,28 @@ def serve_dataplane(dp: Any, ports: dict[str, str], path: str | None) -> Any:
 def _execute(pl: Any, ports: dict[str, str], workers: list[int] | None,
              duration: float | None, until_idle: bool, idle: float, as_json: bool,
              generate: tuple[str, ...], rate: float, count: int, interval: float,
-             control: str | None = None) -> None:
+             control: str | None = None, metrics: tuple[str, int] | None = None) -> None:
     from contextlib import nullcontext
 
     from . import eal
     from .demo import demo_source
+    from .metrics import MetricsServer
     from .runtime import Dataplane
     out = sys.stderr if as_json else sys.stdout
     sources = {p: demo_source(rate_pps=rate, count=count) for p in generate}
     info = eal.info()
     with Dataplane(pl, ports, workers=workers or 1, sources=sources) as dp, \
-            (serve_dataplane(dp, ports, control) if control is not None else nullcontext()) as srv:
+            (serve_dataplane(dp, ports, control) if control is not None
+             else nullcontext()) as srv, \
+            (MetricsServer(dp.stats, metrics[1], metrics[0], pl.name) if metrics
+             else nullcontext()) as ms:
+        if ms:
+            ms.start()
         click.echo(f"pydp: pipeline '{pl.name}' on lcores {dp.lcores}, memory: "
                    f"{info.memory if info else '?'}; ports: "
                    + ", ".join(f"{n}={d}" for n, d in ports.items())
-                   + (f"; control: {srv.path}" if srv else ""), file=out)
+                   + (f"; control: {srv.path}" if srv else "")
+                   + (f"; metrics: http://{ms.host}:{ms.port}/metrics" if ms else ""), file=out)
         why = _run_loop(dp, duration, until_idle, idle, interval, out,
                         stop_when_sources_done=bool(generate) and count > 0)
         st = dp.stats()

@@ -17,7 +17,7 @@ fi
 APT_PKGS="libdpdk-dev dpdk pkg-config gcc clang libclang-rt-14-dev libpcap-dev
           iproute2 iputils-ping ethtool tshark graphviz curl python3-pip"
 PIP_PKGS="meson-python>=0.15 meson>=1.1 ninja cffi>=1.15 numpy scapy pyyaml
-          cryptography click pytest ruff"
+          cryptography click pytest ruff prometheus_client"
 export PIP_BREAK_SYSTEM_PACKAGES=1 PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
 PY=${PYTHON:-python3}
 
