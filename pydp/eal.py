@@ -122,14 +122,16 @@ def init(lcores: str | None = None, hugepages: bool | None = None,
     use_huge = reserve_hugepages(memory_mb) if hugepages in (None, True) else False
     if hugepages and not use_huge:
         raise PermissionDenied(f"cannot reserve {memory_mb} MiB of hugepages")
-    args = ["pydp", "--lcores", lcores, "--main-lcore", "0", "--in-memory",
+    args = ["pydp", "--lcores", lcores, "--main-lcore", "0",
             f"--file-prefix=pydp{os.getpid()}", "--log-level=4"]
     if not pci:
         args.append("--no-pci")
     if use_huge:
-        args += ["--huge-dir", str(HUGE_MOUNT)]
+        args += ["--in-memory", "--huge-dir", str(HUGE_MOUNT)]
     else:
-        args += ["--no-huge", "-m", str(memory_mb)]
+        # DPDK refuses --in-memory with --no-huge ("--legacy-mem is not compatible
+        # with --in-memory"); --no-shconf is the part of it that applies here
+        args += ["--no-huge", "--no-shconf", "-m", str(memory_mb)]
     args += list(extra_args or []) + shlex.split(os.environ.get("PYDP_EAL_ARGS", ""))
     if log_file:
         check(lib.pd_log_to_file(log_file.encode()))

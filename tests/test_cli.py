@@ -198,3 +198,14 @@ def test_ports_lists_nics():
 def test_help_and_version():
     assert pydp("--help").returncode == 0
     assert "0.1.0" in pydp("--version").stdout
+
+
+def test_no_huge_fallback_runs_and_says_so():
+    """On 4 KiB pages (no hugepages) the same pipeline runs, and the stats say which."""
+    r = pydp("run", "pipelines/forward.yaml", "--port", "in=net_null0",
+             "--port", "out=net_null1,no-rx=1", "--duration", "1", "--no-huge", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["memory"] == "no-huge (4 KiB pages)"
+    assert doc["totals"]["rx"] > 0 and doc["totals"]["balanced"]
+    assert "memory: no-huge" in r.stderr
