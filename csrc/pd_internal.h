@@ -6,6 +6,7 @@
 #define PD_INTERNAL_H
 
 #include <errno.h>
+#include <string.h>
 #include <stdint.h>
 #include <stdbool.h>
 
@@ -164,6 +165,30 @@ static inline void pd_tx(struct pd_worker *w, uint16_t port_idx,
 	b->pkts[b->n++] = m;
 	if (unlikely(b->n >= PD_BURST))
 		pd_tx_flush(w, port_idx);
+}
+
+/* Queue `n` packets for transmission on `port_idx`: the same flushes as
+ * n calls of pd_tx(), without reloading the buffer per packet. */
+static inline void pd_tx_bulk(struct pd_worker *w, uint16_t port_idx,
+			      struct rte_mbuf **pkts, uint16_t n)
+{
+	struct pd_buf *b = &w->tx[port_idx];
+
+	while (n) {
+		uint16_t k = b->n, c;
+
+		if (unlikely(k >= PD_BURST)) {
+			pd_tx_flush(w, port_idx);
+			continue;
+		}
+		c = RTE_MIN(n, (uint16_t)(PD_BURST - k));
+		memcpy(&b->pkts[k], pkts, c * sizeof(pkts[0]));
+		b->n = (uint16_t)(k + c);
+		pkts += c;
+		n = (uint16_t)(n - c);
+		if (b->n >= PD_BURST)
+			pd_tx_flush(w, port_idx);
+	}
 }
 
 void pd_drop_flush(struct pd_worker *w);

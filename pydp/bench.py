@@ -41,10 +41,13 @@ from .runtime import Dataplane
 from .source import Source, Vary
 from .stages import Forward, L3Route
 
-__all__ = ["BareDataplane", "run_bench", "format_bench", "bench_flows", "TARGETS"]
+__all__ = ["BareDataplane", "run_bench", "format_bench", "bench_flows", "judged_ratio",
+           "TARGETS"]
 
 # spec targets: throughput as a fraction of the same-run bare loop
 TARGETS = {"ratio": 0.8, "source_ratio": 0.5}
+# below this on-CPU share a measurement is judged on CPU time, not wall time
+SHARED_CPU = 0.9
 
 _seq = itertools.count()
 _SRC_BASE = int(ipaddress.IPv4Address("172.16.0.1"))
@@ -273,10 +276,10 @@ def _measure(dp: Dataplane, port: str, duration: float, warmup: float) -> dict[s
     cpu = (c1 - c0) / 1e9 if tids and c1 > c0 else 0.0
     return {"packets": pkts, "elapsed": elapsed,
             "mpps": pkts / elapsed / 1e6 if elapsed > 0 else 0.0,
-            "cycles_per_packet": (t1 - t0) * workers / pkts if pkts else float("inf"),
+            "cycles_per_packet": (t1 - t0) * workers / pkts if pkts else 0.0,
             "cpu_share": cpu / (elapsed * workers) if cpu and elapsed > 0 else 0.0,
             "cpu_mpps": pkts / (cpu / workers) / 1e6 if cpu else 0.0,
-            "cpu_cycles_per_packet": cpu * hz / pkts if cpu and pkts else float("inf")}
+            "cpu_cycles_per_packet": cpu * hz / pkts if cpu and pkts else 0.0}
 
 
 def _median(runs: list[dict[str, float]], key: str) -> float:
@@ -321,7 +324,8 @@ def run_bench(pipeline: str | os.PathLike | Pipeline, duration: float = 2.0,
 
     ``duration``: seconds per measurement (after ``warmup`` s, default a
     quarter of it, at most 0.5 s); each of baseline, pipeline and source is
-    measured ``repeat`` times, alternating, and the median run is reported.
+    measured ``repeat`` times, alternating, and each figure is the median of
+    its runs (the lower one for an even ``repeat``).
     Raises :class:`NotSupported` when the pipeline cannot be fed from a pcap.
     Returns a JSON-ready dict (see ``benchmarks/README.md`` for the fields).
     """
@@ -384,13 +388,24 @@ def run_bench(pipeline: str | os.PathLike | Pipeline, duration: float = 2.0,
         notes.append(f"the pipeline forwarded only {tx}/{rx} packets (see drops)")
     med = {k: {m: _median(v, m) for m in _METRICS} for k, v in runs.items()}
     b, p, s = med["baseline"], med["pipeline"], med["source"]
-    share = min(r["cpu_share"] for v in runs.values() for r in v)
-    if 0 < share < 0.9:
-        notes.append(f"the worker CPU was shared with other processes (on-CPU share down to "
-                     f"{share:.0%}): wall-clock figures are low; the cpu_* figures count "
-                     "only the CPU time the workers got")
+    for k, v in med.items():
+        if v["mpps"] == 0:
+            notes.append(f"the {k} measurement received no packet")
+    all_runs = [r for v in runs.values() for r in v]
+    shared = sum(1 for r in all_runs if 0 < r["cpu_share"] < SHARED_CPU)
+    share = min(v["cpu_share"] for v in med.values())
+    if 0 < share < SHARED_CPU:
+        notes.append(f"the worker CPU was shared with other processes (median on-CPU share "
+                     f"down to {share:.0%}): wall-clock figures are off; targets are judged on "
+                     "the cpu_* figures, which count only the CPU time the workers got")
+    elif shared:
+        notes.append(f"{shared} of {len(all_runs)} runs shared the worker CPU with another "
+                     "process; the median on-CPU shares are above 90 %, so targets are "
+                     "judged on wall-clock time")
     return {
         "pipeline": pl.name,
+        # the 0.8 target is for pipelines of parse and forward stages only
+        "parse_forward": {st.TYPE for st in pl.stages} <= {"parse", "forward"},
         "mpps": _r4(p["mpps"]),
         "cycles_per_packet": round(p["cycles_per_packet"], 1),
         "baseline_mpps": _r4(b["mpps"]),
@@ -439,6 +454,21 @@ def _ratio(a: float, b: float) -> float:
     return round(a / b, 4) if b else 0.0
 
 
+def judged_ratio(result: Mapping[str, Any], key: str) -> tuple[float, str]:
+    """The ratio a target is judged on: (value, 'wall' or 'on-CPU').
+
+    ``key`` is 'ratio' or 'source_ratio'. The wall-clock ratio (the spec's
+    definition) counts when every measurement had its CPU (``cpu_share`` of
+    at least 0.9); when another process took time slices, the wall-clock
+    figures say more about that process, and the on-CPU ratio is used.
+    """
+    shares = [v for v in result.get("cpu_share", {}).values() if v]
+    cpu_key = "cpu_ratio" if key == "ratio" else "source_cpu_ratio"
+    if shares and min(shares) < SHARED_CPU and result.get(cpu_key):
+        return float(result[cpu_key]), "on-CPU"
+    return float(result[key]), "wall"
+
+
 def format_bench(result: Mapping[str, Any]) -> str:
     """A human summary of a :func:`run_bench` result."""
     r = result
@@ -464,10 +494,13 @@ def format_bench(result: Mapping[str, Any]) -> str:
     for key, label in (("ratio", "pipeline >= {t} x bare"),
                        ("source_ratio", "source >= {t} x bare")):
         t = TARGETS[key]
-        cpu = r.get(key.replace("ratio", "cpu_ratio") if key == "ratio" else "source_cpu_ratio")
-        extra = f", on-CPU {cpu:.2f}" if cpu is not None else ""
-        lines.append(f"  {'PASS' if r[key] >= t else 'MISS'}  {label.format(t=t)} "
-                     f"({r[key]:.2f}{extra})")
+        value, basis = judged_ratio(r, key)
+        cpu = r.get("cpu_ratio" if key == "ratio" else "source_cpu_ratio")
+        extra = f"wall {r[key]:.2f}" + (f", on-CPU {cpu:.2f}" if cpu is not None else "")
+        verdict = "PASS" if value >= t else "MISS"
+        if key == "ratio" and not r.get("parse_forward", True):
+            verdict, extra = "----", extra + "; the target is for parse+forward pipelines"
+        lines.append(f"  {verdict}  {label.format(t=t)}: {value:.2f} {basis} ({extra})")
     drops = r.get("drops") or {}
     lines.append("  drops: " + (", ".join(f"{k} {v}" for k, v in drops.items()) or "none"))
     for n in r.get("notes", []):

@@ -52,6 +52,9 @@ static void forward_process(struct pd_stage *st, struct pd_worker *w,
 			    struct rte_mbuf **pkts, uint16_t n)
 {
 	const struct forward_priv *f = st->priv;
+	/* in locals: the header stores below may alias anything in memory */
+	const struct rte_ether_addr src = f->src, dst = f->dst;
+	const int set_src = f->set_src, set_dst = f->set_dst;
 	uint16_t i;
 
 	if (unlikely(f->port < 0)) {
@@ -59,16 +62,21 @@ static void forward_process(struct pd_stage *st, struct pd_worker *w,
 			pd_drop(w, st, 0, pkts[i]);
 		return;
 	}
-	for (i = 0; i < n; i++) {
-		struct rte_ether_hdr *eh =
-			rte_pktmbuf_mtod(pkts[i], struct rte_ether_hdr *);
+	if (set_src && set_dst) {
+		uint8_t hdr[12];
 
-		if (f->set_src)
-			rte_ether_addr_copy(&f->src, &eh->src_addr);
-		if (f->set_dst)
-			rte_ether_addr_copy(&f->dst, &eh->dst_addr);
-		pd_tx(w, (uint16_t)f->port, pkts[i]);
+		memcpy(hdr, &dst, 6);
+		memcpy(hdr + 6, &src, 6);
+		for (i = 0; i < n; i++)
+			memcpy(rte_pktmbuf_mtod(pkts[i], uint8_t *), hdr, 12);
+	} else if (set_src || set_dst) {
+		const struct rte_ether_addr a = set_src ? src : dst;
+		const unsigned off = set_src ? 6 : 0;
+
+		for (i = 0; i < n; i++)
+			memcpy(rte_pktmbuf_mtod(pkts[i], uint8_t *) + off, &a, 6);
 	}
+	pd_tx_bulk(w, (uint16_t)f->port, pkts, n);
 }
 
 const struct pd_stage_ops pd_stage_forward = {

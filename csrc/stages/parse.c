@@ -54,8 +54,8 @@ static const char *const parse_edges[] = { "next", "ipv4", "ipv6", "arp",
  * a first fragment (more-fragments set), which carries the L4 header but
  * only the start of the datagram, so the UDP length may exceed `l4len`.
  */
-static int parse_l4(const uint8_t *l4, uint32_t l4len, uint8_t proto,
-		    bool partial)
+static __rte_always_inline int parse_l4(const uint8_t *l4, uint32_t l4len,
+					uint8_t proto, bool partial)
 {
 	switch (proto) {
 	case IPPROTO_TCP: {
@@ -91,8 +91,34 @@ static int parse_l4(const uint8_t *l4, uint32_t l4len, uint8_t proto,
 	}
 }
 
-static int parse_ipv4(const uint8_t *ip, uint32_t avail, uint32_t off,
-		      int verify, struct pd_meta *m)
+/*
+ * The IPv4 header sums to 0xffff (one's complement), the verdict of
+ * rte_raw_cksum() without its loop: the sum of five 32-bit words, s, is
+ * congruent to the 16-bit word sum modulo 0xffff, and so is t below
+ * (2^16 = 1 mod 0xffff), with t <= 0x20005. The header is good when t is a
+ * non-zero multiple of 0xffff. Two independent adds instead of a chain of
+ * folds.
+ */
+static inline bool ipv4_cksum_ok(const uint8_t *ip, uint32_t ihl)
+{
+	uint32_t a, b, c, d, e;
+	uint64_t s, t;
+
+	if (unlikely(ihl != 20))
+		return rte_raw_cksum(ip, ihl) == 0xffff;
+	memcpy(&a, ip, 4);
+	memcpy(&b, ip + 4, 4);
+	memcpy(&c, ip + 8, 4);
+	memcpy(&d, ip + 12, 4);
+	memcpy(&e, ip + 16, 4);
+	s = (uint64_t)a + b + c + d + e;
+	t = (s & 0xffff) + ((s >> 16) & 0xffff) + (s >> 32);
+	return t == 0xffff || t == 0x1fffe;
+}
+
+static __rte_always_inline int parse_ipv4(const uint8_t *ip, uint32_t avail,
+					  uint32_t off, int verify,
+					  struct pd_meta *m)
 {
 	uint32_t ihl, tot;
 	uint16_t frag;
@@ -110,7 +136,7 @@ static int parse_ipv4(const uint8_t *ip, uint32_t avail, uint32_t off,
 	tot = pd_rd16(ip + 2);
 	if (tot < ihl || tot > avail)
 		DROP(BAD_LEN);
-	if (verify && rte_raw_cksum(ip, ihl) != 0xffff)
+	if (verify && !ipv4_cksum_ok(ip, ihl))
 		DROP(BAD_CKSUM);
 	m->l3 = PD_L3_IPV4;
 	m->l4_proto = ip[9];
@@ -127,8 +153,8 @@ static int parse_ipv4(const uint8_t *ip, uint32_t avail, uint32_t off,
 	return 0;
 }
 
-static int parse_ipv6(const uint8_t *ip, uint32_t avail, uint32_t off,
-		      struct pd_meta *m)
+static __rte_noinline int parse_ipv6(const uint8_t *ip, uint32_t avail,
+				     uint32_t off, struct pd_meta *m)
 {
 	uint32_t end, pos = 40;
 	bool partial = false;
@@ -192,8 +218,57 @@ static int parse_ipv6(const uint8_t *ip, uint32_t avail, uint32_t off,
 	}
 }
 
-int pd_parse_raw(const uint8_t *data, uint32_t len, int verify_cksum,
-		 struct pd_meta *m)
+/*
+ * The usual packet: untagged IPv4 without options, not a fragment, with a
+ * well-formed UDP or TCP header. Sets exactly what parse_pkt() would and
+ * returns true; anything else (including every drop) returns false and
+ * takes the full walk.
+ */
+static __rte_always_inline bool parse_fast(const uint8_t *d, uint32_t len,
+					   int verify, struct pd_meta *m)
+{
+	const uint8_t *ip = d + 14, *l4 = d + 34;
+	uint32_t tot, l4len;
+	uint8_t proto;
+
+	if (unlikely(len < 14 + 20 + 8 || pd_rd16(d + 12) != RTE_ETHER_TYPE_IPV4 ||
+		     ip[0] != 0x45))
+		return false;
+	tot = pd_rd16(ip + 2);
+	proto = ip[9];
+	if (unlikely(tot > len - 14 || tot < 20 + 8 ||
+		     (pd_rd16(ip + 6) & (RTE_IPV4_HDR_OFFSET_MASK |
+					 RTE_IPV4_HDR_MF_FLAG))))
+		return false;
+	l4len = tot - 20;
+	if (proto == IPPROTO_UDP) {
+		uint16_t ulen = pd_rd16(l4 + 4);
+
+		if (unlikely(ulen < 8 || ulen > l4len))
+			return false;
+	} else if (proto == IPPROTO_TCP) {
+		unsigned doff;
+
+		if (unlikely(l4len < 20))  /* tot <= len - 14: l4[12] is inside */
+			return false;
+		doff = (unsigned)(l4[12] >> 4) * 4;
+		if (unlikely(doff < 20 || doff > l4len))
+			return false;
+	} else {
+		return false;
+	}
+	if (verify && unlikely(!ipv4_cksum_ok(ip, 20)))
+		return false;
+	m->l3_off = 14;
+	m->l4_off = 34;
+	m->l3 = PD_L3_IPV4;
+	m->l4_proto = proto;
+	m->flags = 0;
+	return true;
+}
+
+static __rte_always_inline int parse_pkt(const uint8_t *data, uint32_t len,
+					 int verify_cksum, struct pd_meta *m)
 {
 	uint32_t off = 12;
 	uint16_t et;
@@ -230,6 +305,22 @@ int pd_parse_raw(const uint8_t *data, uint32_t len, int verify_cksum,
 	default:
 		return 0;
 	}
+}
+
+/* What the stage runs per packet: the usual case inline, else the walk */
+static __rte_always_inline int parse_one(const uint8_t *data, uint32_t len,
+					 int verify_cksum, struct pd_meta *m)
+{
+	if (likely(parse_fast(data, len, verify_cksum, m)))
+		return 0;
+	return parse_pkt(data, len, verify_cksum, m);
+}
+
+/* the same code as the stage, so the fuzzer drives the fast path too */
+int pd_parse_raw(const uint8_t *data, uint32_t len, int verify_cksum,
+		 struct pd_meta *m)
+{
+	return parse_one(data, len, verify_cksum, m);
 }
 
 int pd_parse_buffer(const uint8_t *data, uint32_t len, int verify_cksum,
@@ -270,28 +361,39 @@ static void parse_process(struct pd_stage *st, struct pd_worker *w,
 			  struct rte_mbuf **pkts, uint16_t n)
 {
 	const struct parse_priv *pr = st->priv;
-	uint16_t i;
+	const int16_t *nx = st->next;
+	/* edges left unset lead where next does: usually all of them */
+	struct pd_buf *one = nx[PD_PARSE_IPV4] == nx[0] && nx[PD_PARSE_IPV6] == nx[0] &&
+		nx[PD_PARSE_ARP] == nx[0] && nx[PD_PARSE_OTHER] == nx[0] ?
+		&w->in[nx[0]] : NULL;
+	const int moff = pd_meta_offset;
+	const int verify_cfg = pr->verify_cksum;
+	uint16_t i, k = one ? one->n : 0;
 
 	for (i = 0; i < n; i++) {
 		struct rte_mbuf *mb = pkts[i];
-		struct pd_meta *m = pd_meta(mb);
-		int verify = pr->verify_cksum;
+		struct pd_meta *m = RTE_MBUF_DYNFIELD(mb, moff, struct pd_meta *);
+		int verify = verify_cfg;
 		int rc;
 
 		if (i + 1 < n)
 			rte_prefetch0(rte_pktmbuf_mtod(pkts[i + 1], void *));
 		if (mb->ol_flags & RTE_MBUF_F_RX_IP_CKSUM_GOOD)
 			verify = 0;
-		rc = pd_parse_raw(rte_pktmbuf_mtod(mb, const uint8_t *),
-				  rte_pktmbuf_data_len(mb), verify, m);
+		rc = parse_one(rte_pktmbuf_mtod(mb, const uint8_t *),
+			       rte_pktmbuf_data_len(mb), verify, m);
 		if (unlikely(rc == 0 && (mb->ol_flags & RTE_MBUF_F_RX_IP_CKSUM_MASK)
-			     == RTE_MBUF_F_RX_IP_CKSUM_BAD && pr->verify_cksum))
+			     == RTE_MBUF_F_RX_IP_CKSUM_BAD && verify_cfg))
 			rc = PARSE_BAD_CKSUM + 1;
 		if (unlikely(rc))
 			pd_drop(w, st, (unsigned)rc - 1, mb);
+		else if (likely(one != NULL))
+			one->pkts[k++] = mb;
 		else
 			pd_emit(w, st, l3_edge[m->l3], mb);
 	}
+	if (one)
+		one->n = k;
 }
 
 const struct pd_stage_ops pd_stage_parse = {
