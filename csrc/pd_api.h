@@ -169,4 +169,89 @@ int pd_pipeline_source_done(const struct pd_pipeline *p);
 int pd_parse_buffer(const uint8_t *data, uint32_t len, int verify_cksum,
 		    uint16_t *l3_off, uint16_t *l4_off, uint8_t *l4_proto);
 
+/* ---- policy ---- */
+/* Zero-trust 5-tuple policy (rte_acl), see csrc/stages/policy.h. */
+#define PD_POLICY_MAX_PRIORITY 268435454
+#define PD_POLICY_MAX_RULES 4194304
+#define PD_POLICY_MAX_IDS 16777216
+struct pd_acl_rule {
+	uint32_t id;          /* policy rule index: counters are per id */
+	uint32_t priority;    /* higher wins; on a tie deny wins */
+	uint8_t family;       /* 4 or 6 */
+	uint8_t proto;        /* 0 = any */
+	uint8_t src_depth;
+	uint8_t dst_depth;
+	uint8_t src[16];      /* network byte order */
+	uint8_t dst[16];
+	uint16_t sport_lo, sport_hi, dport_lo, dport_hi;
+	uint8_t action;       /* 0 deny, 1 allow */
+};
+struct pd_policy_info {
+	uint64_t generation;  /* commits so far; 0 = none (everything IP is default-deny) */
+	uint64_t build_ns;    /* last commit: validate + compile both families */
+	uint64_t publish_ns;  /* last commit: RCU swap, grace period, free of the old table */
+	uint32_t n_rules4;
+	uint32_t n_rules6;
+	uint32_t n_ids;
+	int32_t default_allow;
+	int32_t conntrack_stage;  /* -1: stateless */
+};
+/* Build a complete new table and publish it; on error the old one stays. */
+int pd_policy_commit(struct pd_pipeline *p, int stage,
+		     const struct pd_acl_rule *rules, unsigned n_rules,
+		     unsigned n_ids, int default_allow);
+/* Link a conntrack stage (-1: none); -ENOTSUP when conntrack is not built in. */
+int pd_policy_config(struct pd_pipeline *p, int stage, int conntrack_stage);
+/* Per-id packets and bytes of the current table, summed over workers;
+ * returns its generation (0: none yet). Ids past the table's are 0. */
+int pd_policy_counters(struct pd_pipeline *p, int stage, uint64_t *pkts,
+		       uint64_t *bytes, unsigned n_ids);
+int pd_policy_info(struct pd_pipeline *p, int stage, struct pd_policy_info *out);
+
+/* ---- conntrack ---- */
+/* The flow table stage, see csrc/stages/conntrack.h. */
+#define PD_CT_NEW 1
+#define PD_CT_ESTABLISHED 2
+#define PD_CT_CLOSING 3
+/* timeouts_ms[] of pd_conntrack_config, in this order */
+#define PD_CT_TIMEOUT_TCP_ESTABLISHED 0
+#define PD_CT_TIMEOUT_TCP_OTHER 1
+#define PD_CT_TIMEOUT_UDP 2        /* also every protocol but TCP and ICMP */
+#define PD_CT_TIMEOUT_ICMP 3       /* ICMP and ICMPv6 */
+#define PD_CT_N_TIMEOUTS 4
+/* One flow as pd_conntrack_dump copies it out (96 bytes, no padding). */
+struct pd_flow_rec {
+	uint8_t family;       /* 4 or 6 */
+	uint8_t proto;
+	uint8_t state;        /* PD_CT_NEW, PD_CT_ESTABLISHED, PD_CT_CLOSING */
+	uint8_t pad;
+	uint16_t sport;       /* original direction, host order; ICMP echo: the id */
+	uint16_t dport;
+	uint8_t src[16];      /* original direction, network order; IPv4: first 4 */
+	uint8_t dst[16];
+	uint32_t tag;         /* set by the stage that confirmed the flow */
+	uint32_t index;       /* flow index: pd_meta aux - 1 */
+	uint64_t packets_orig;
+	uint64_t packets_reply;
+	uint64_t bytes_orig;
+	uint64_t bytes_reply;
+	uint64_t age_ms;      /* since the first packet */
+	uint64_t idle_ms;     /* since the last packet */
+};
+/* Create the table (before pd_pipeline_build): capacity flows at most;
+ * confirm_mode 1: look up only, pd_conntrack_confirm creates; timeouts_ms:
+ * PD_CT_N_TIMEOUTS values, NULL for 300 s, 30 s, 30 s, 10 s. */
+int pd_conntrack_config(struct pd_pipeline *p, int stage, unsigned capacity,
+			int confirm_mode, const uint32_t *timeouts_ms);
+/* Age flows: scan max_scan slots (0: all) from where the last call
+ * stopped and delete the idle ones. It waits one RCU grace period (as
+ * pd_rcu_swap), so their slots take new flows when it returns. Returns how
+ * many expired. Control thread; workers never wait for it. */
+int pd_conntrack_expire(struct pd_pipeline *p, int stage, unsigned max_scan);
+/* Copy up to max live flows into out; returns how many. */
+int pd_conntrack_dump(struct pd_pipeline *p, int stage, struct pd_flow_rec *out,
+		      unsigned max);
+/* Live flows in the table. */
+int pd_conntrack_count(struct pd_pipeline *p, int stage);
+
 #endif /* PD_API_H */

@@ -37,6 +37,7 @@ struct pd_meta {
 	uint32_t aux;         /* free for stages (flow id, rule id...) */
 };
 #define PD_META_FRAG 0x1      /* non-first IP fragment: no L4 header */
+#define PD_META_REPLY 0x2     /* conntrack: against the flow's original direction */
 
 extern int pd_meta_offset;
 static inline struct pd_meta *pd_meta(struct rte_mbuf *m)

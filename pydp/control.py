@@ -115,6 +115,13 @@ class ControlServer:
             uid = peer_uid(conn)
             f = conn.makefile("rwb")
             if uid not in (self.owner, 0):
+                # read its request first: closing with unread data would reset the
+                # connection and the caller would never see why it was refused
+                conn.settimeout(2.0)
+                try:
+                    f.readline(MAX_REQUEST)
+                except OSError:
+                    pass
                 _send(f, {"ok": False, "type": "PermissionDenied",
                           "error": f"uid {uid} may not use this control socket"})
                 return

@@ -145,6 +145,9 @@ class Pipeline:
         data = yamlsrc.load(path)
         pl = cls.from_data(data, str(path))
         pl.source = str(path)
+        # files a stage names (a policy file...) are relative to the pipeline file
+        for st in pl.stages:
+            st.base_dir = str(Path(path).parent)  # type: ignore[attr-defined]
         return pl
 
     @classmethod

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -368,8 +369,167 @@ class Drop(Stage):
     NEEDS_NEXT: ClassVar[bool] = False
 
 
+@dataclass
+class Policy(Stage):
+    """Zero-trust allow/deny on the 5-tuple (rte_acl), published with RCU.
+
+    Allowed packets go to ``next``; non-IP packets (ARP...) to ``other``
+    (default: next). Drops: policy-deny, default-deny (also everything IP
+    before a first commit), flow-table-full, conntrack-error. Rules come
+    compiled (:meth:`use`, or :func:`pydp.acl.commit` at run time) or from
+    the policy file ``policy`` through :func:`pydp.acl.load_policy`; with
+    neither the stage denies all IP. ``conntrack``: the name of a conntrack
+    stage every path into this one passes; packets of flows it knows pass
+    without a lookup, and new allowed flows are confirmed into its table.
+    """
+
+    TYPE: ClassVar[str] = "policy"
+    NEEDS_PARSE: ClassVar[bool] = True
+    next: str | None = None
+    other: str | None = None
+    conntrack: str | None = None
+    policy: str | None = None
+
+    def __post_init__(self) -> None:
+        self._compiled: Any = None
+        self._pl: Pipeline | None = None
+
+    def use(self, rules: list, n_ids: int | None = None,
+            default_allow: bool = False) -> Policy:
+        """Commit these compiled rules (:class:`pydp.acl.AclRule`) when the dataplane starts."""
+        from .acl import CompiledPolicy
+        self._compiled = CompiledPolicy(list(rules), n_ids, default_allow)
+        return self
+
+    def validate(self, pl: Pipeline) -> None:
+        """Check the edges, the policy path and that conntrack guards every way in."""
+        super().validate(pl)
+        if self.policy is not None and not isinstance(self.policy, str):
+            raise ConfigError(f"stage '{self.name}': policy must be a file name", key="policy")
+        if self.conntrack is not None:
+            ct = self.conntrack
+            if ct not in pl.stage_names():
+                raise ConfigError(f"stage '{self.name}': conntrack: no stage named '{ct}'",
+                                  key="conntrack")
+            if pl.stage(ct).TYPE != "conntrack":
+                raise ConfigError(f"stage '{self.name}': conntrack: '{ct}' is a "
+                                  f"{pl.stage(ct).TYPE}, not a conntrack stage", key="conntrack")
+            if getattr(pl.stage(ct), "mode", "confirm") != "confirm":
+                # in auto mode every first packet has a flow before policy sees it
+                raise ConfigError(f"stage '{self.name}': conntrack: '{ct}' must run in mode "
+                                  "confirm, so that only flows the policy allows are created",
+                                  key="conntrack")
+            # the flow mark (pd_meta aux) is only meaningful behind conntrack
+            for port, start in pl.input_map().items():
+                todo, seen = [start], set()
+                while todo:
+                    n = todo.pop()
+                    if n in seen or n == ct:
+                        continue
+                    if n == self.name:
+                        raise ConfigError(
+                            f"stage '{self.name}': conntrack: packets from port '{port}' "
+                            f"can reach it without passing '{ct}'", key="conntrack")
+                    seen.add(n)
+                    todo.extend(pl.stage(n).edges().values())
+        self._pl = pl
+
+    def configure(self, cp: Any, idx: int, ports: dict[str, int]) -> None:
+        """Link conntrack, then compile and publish the rules."""
+        from . import acl
+        from ._core import check
+        ct = -1
+        if self.conntrack is not None and self._pl is not None:
+            # the C stages are added in topological order (Dataplane._build)
+            ct = [s.name for s in self._pl.order()].index(self.conntrack)
+        check(lib.pd_policy_config(cp, idx, ct))
+        pol = self._compiled
+        if pol is None:
+            path = self.policy
+            base = getattr(self, "base_dir", None)  # set by Pipeline.load: the file's folder
+            if path and base and not os.path.isabs(path):
+                path = os.path.join(base, path)
+            pol = acl.load_policy(path) if path else acl.CompiledPolicy()
+        acl.commit(cp, idx, pol.rules, pol.ids(), pol.default_allow)
+
+
+@dataclass
+class Conntrack(Stage):
+    """The flow table: both directions of a connection share one entry.
+
+    Needs a parse stage before it. Marks each IP packet with its flow (and
+    whether it is a reply) for the stages after it; non-IP packets pass
+    unmarked. ``mode: auto`` creates a flow for every new packet and drops
+    with ``table-full`` once ``capacity`` flows exist; ``mode: confirm``
+    only looks up, and a policy stage creates the flows it allows.
+    ``timeouts``: idle seconds before a flow expires, per kind
+    (``tcp_established`` 300, ``tcp_other`` 30, ``udp`` 30 (and every
+    protocol but TCP and ICMP), ``icmp`` 10); flows age when
+    :func:`pydp.flows.expire` runs. Read the table with :func:`pydp.flows.flows`.
+    """
+
+    TYPE: ClassVar[str] = "conntrack"
+    NEEDS_PARSE: ClassVar[bool] = True
+    MODES: ClassVar[tuple[str, ...]] = ("auto", "confirm")
+    TIMEOUTS: ClassVar[dict[str, float]] = {
+        "tcp_established": 300, "tcp_other": 30, "udp": 30, "icmp": 10}
+    MAX_CAPACITY: ClassVar[int] = 1 << 24
+    next: str | None = None
+    capacity: int = 65536
+    mode: str = "auto"
+    timeouts: dict | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.timeouts, dict):
+            self.timeouts = dict(self.timeouts)  # plain data (YAML gives a LocDict)
+
+    def validate(self, pl: Pipeline) -> None:
+        """Check capacity, mode and timeouts."""
+        super().validate(pl)
+        c = self.capacity
+        if isinstance(c, bool) or not isinstance(c, int) or not 1 <= c <= self.MAX_CAPACITY:
+            raise ConfigError(f"stage '{self.name}': capacity must be a whole number of flows "
+                              f"from 1 to {self.MAX_CAPACITY}, not {c!r}", key="capacity")
+        if self.mode not in self.MODES:
+            raise ConfigError(f"stage '{self.name}': mode must be auto or confirm, not "
+                              f"{self.mode!r}", key="mode")
+        self.timeouts_ms()
+
+    def timeouts_ms(self) -> list[int]:
+        """The four timeouts in milliseconds, in the order pd_conntrack_config takes them."""
+        t = dict(self.TIMEOUTS)
+        if self.timeouts is not None:
+            if not isinstance(self.timeouts, dict):
+                raise ConfigError(f"stage '{self.name}': timeouts must map "
+                                  f"{', '.join(self.TIMEOUTS)} to seconds", key="timeouts")
+            for k, v in self.timeouts.items():
+                if k not in self.TIMEOUTS:
+                    raise ConfigError(f"stage '{self.name}': timeouts has no key '{k}' "
+                                      f"(allowed: {', '.join(self.TIMEOUTS)})", key=k,
+                                      path=("timeouts", k))
+                if isinstance(v, bool) or not isinstance(v, (int, float)) \
+                        or not 0.001 <= v <= 4294967:
+                    raise ConfigError(f"stage '{self.name}': timeouts: {k} must be seconds "
+                                      f"from 0.001 to 4294967, not {v!r}", key=k,
+                                      path=("timeouts", k))
+                t[k] = v
+        order = {"tcp_established": lib.PD_CT_TIMEOUT_TCP_ESTABLISHED,
+                 "tcp_other": lib.PD_CT_TIMEOUT_TCP_OTHER, "udp": lib.PD_CT_TIMEOUT_UDP,
+                 "icmp": lib.PD_CT_TIMEOUT_ICMP}
+        ms = [0] * lib.PD_CT_N_TIMEOUTS
+        for k, v in t.items():
+            ms[order[k]] = max(1, round(v * 1000))
+        return ms
+
+    def configure(self, cp: Any, idx: int, ports: dict[str, int]) -> None:
+        """Create the flow table."""
+        from ._core import check
+        ms = ffi.new("uint32_t[]", self.timeouts_ms())
+        check(lib.pd_conntrack_config(cp, idx, self.capacity, int(self.mode == "confirm"), ms))
+
+
 STAGE_TYPES: dict[str, type[Stage]] = {
-    c.TYPE: c for c in (Parse, Forward, L3Route, Count, Mirror, Drop)
+    c.TYPE: c for c in (Parse, Forward, L3Route, Count, Mirror, Drop, Policy, Conntrack)
 }
 
 

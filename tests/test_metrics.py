@@ -8,13 +8,12 @@ import time
 import urllib.request
 
 import pytest
+from conftest import PIPELINES, ROOT
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
 from pydp import Dataplane, Pipeline
 from pydp.metrics import MetricsServer, exposition
-
-from conftest import PIPELINES, ROOT
 
 parser = pytest.importorskip("prometheus_client.parser")
 

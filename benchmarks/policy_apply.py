@@ -1,0 +1,265 @@
+#!/usr/bin/env python3
+"""How long a policy commit takes: 1k, 10k and 100k rules, compiled to rte_acl and published.
+
+    sudo python3 benchmarks/policy_apply.py [--sizes 1000,10000,100000] [--repeat 3]
+                     [--shapes policy,random] [--v6 0.2] [--json] [--cycles]
+
+Two rule set shapes (``--v6``: the share of IPv6 rules):
+
+* ``policy``: what pydp.policy compiles a micro-segmentation policy to:
+  address groups of 1..3 prefixes, each policy rule the cross product
+  group x group x (proto, port) entries, one in ten a deny above every
+  allow. Prefixes are shared by many rules.
+* ``random``: every ACL rule with its own random prefixes (few shared).
+
+The commit runs against a started pipeline (parse -> policy -> forward on
+net_null ports, the template source sending 100 kpps through it), so the
+RCU grace period is a real one. Per size it prints the median of
+``--repeat`` commits:
+
+* ``marshal``: Python packing the AclRules into the C array (rules_array);
+* ``compile``: the core validating and building both rte_acl contexts;
+* ``publish``: pd_rcu_swap: pointer exchange, grace period, free of the old table;
+* ``total``: the whole acl.commit() call seen from Python, marshal included;
+* ``cpu``: the thread CPU time of the commit call (compile + publish): on a
+  shared machine, wall time also counts other processes' time slices.
+
+Targets (compile + publish): 10k rules <= 100 ms, 100k rules <= 1 s.
+``--cycles`` also runs pydp.bench on parse -> forward and on parse -> policy
+(10k rules, the benchmark flows allowed by one of them) -> forward, and
+prints the cycles per packet the policy stage adds.
+
+A measurement, not a test: exits 0 whatever the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGETS_S = {10000: 0.100, 100000: 1.0}
+
+
+def gen_random(n: int, v6_share: float = 0.2, seed: int = 1) -> tuple[list, int]:
+    """About ``n`` AclRules, each with its own random prefixes; returns (rules, n_ids).
+
+    Policy rules of 5..15 ACL rules; one in ten denies a /16 (/48) above every
+    allow. Few rules share a prefix, so rte_acl's tries branch early.
+    """
+    from pydp.acl import AclRule
+
+    rnd = random.Random(seed)
+    rules: list = []
+    rid = 0
+    n_pol = max(1, n // 10)
+    ports = [22, 53, 80, 123, 443, 5432, 6379, 8080, 8443, 9090]
+    while len(rules) < n:
+        deny = rnd.random() < 0.1
+        prio = (2 * n_pol if deny else n_pol) - rid % n_pol  # denies above allows
+        size = min(n - len(rules), rnd.randint(5, 15))
+        for _ in range(size):
+            v6 = rnd.random() < v6_share
+            if v6:
+                src = ipaddress.IPv6Network((0xFD00 << 112 | rnd.getrandbits(32) << 64,
+                                             rnd.choice((48, 56, 64))), strict=False)
+                dst = ipaddress.IPv6Network((0xFD01 << 112 | rnd.getrandbits(48) << 64
+                                             | rnd.getrandbits(16), rnd.choice((64, 128))),
+                                            strict=False)
+            else:
+                src = ipaddress.IPv4Network((10 << 24 | rnd.getrandbits(16) << 8,
+                                             rnd.choice((16, 24, 24, 32))), strict=False)
+                dst = ipaddress.IPv4Network((10 << 24 | 1 << 23 | rnd.getrandbits(23),
+                                             rnd.choice((24, 32, 32))), strict=False)
+            if deny:
+                rules.append(AclRule(rid, prio, src=ipaddress.ip_network(
+                    (src.network_address, 16 if not v6 else 48), strict=False), action="deny"))
+                continue
+            proto = rnd.choice((6, 17))
+            p = rnd.choice(ports)
+            dport = (p, p) if rnd.random() < 0.8 else (p, p + rnd.randint(1, 100))
+            rules.append(AclRule(rid, prio, proto=proto, src=src, dst=dst, dport=dport,
+                                 action="allow"))
+        rid += 1
+    return rules, rid
+
+
+def gen_policy(n: int, v6_share: float = 0.2, seed: int = 1) -> tuple[list, int]:
+    """About ``n`` AclRules shaped as pydp.policy compiles them; returns (rules, n_ids).
+
+    n/50 address groups (labels) of 1..3 prefixes (/24 or /32; /64 or /128);
+    each policy rule allows (one in ten: denies, above every allow) group A to
+    group B on 1..3 (proto, port or small range) entries, and expands to the
+    cross product. Prefixes are shared by many rules, as in a real policy.
+    """
+    from pydp.acl import AclRule
+
+    rnd = random.Random(seed)
+    groups: dict[int, list[list]] = {4: [], 6: []}
+    for _ in range(max(4, n // 50)):
+        fam = 6 if rnd.random() < v6_share else 4
+        nets = []
+        for _ in range(rnd.randint(1, 3)):
+            host = rnd.random() < 0.5
+            if fam == 6:
+                v = 0xFD00 << 112 | rnd.getrandbits(16) << 64
+                nets.append(ipaddress.IPv6Network((v | rnd.getrandbits(16), 128) if host
+                                                  else (v, 64)))
+            else:
+                nets.append(ipaddress.IPv4Network((10 << 24 | rnd.getrandbits(24), 32) if host
+                                                  else (10 << 24 | rnd.getrandbits(16) << 8, 24)))
+        groups[fam].append(nets)
+    for fam in (4, 6):
+        if not groups[fam]:
+            groups[fam].append([ipaddress.ip_network("10.0.0.0/24" if fam == 4 else "fd00::/64")])
+    common = [22, 53, 80, 123, 443, 5432, 6379, 8080, 8443, 9090]
+    rules: list = []
+    rid = 0
+    n_pol = max(1, n // 8)
+    while len(rules) < n:
+        fam = 6 if rnd.random() < v6_share else 4
+        a, b = rnd.choice(groups[fam]), rnd.choice(groups[fam])
+        deny = rnd.random() < 0.1
+        prio = (2 * n_pol if deny else n_pol) - rid % n_pol
+        ports = []
+        for _ in range(rnd.randint(1, 3)):
+            p = rnd.choice(common)
+            ports.append((rnd.choice((6, 17)),
+                          (p, p) if rnd.random() < 0.8 else (p, p + rnd.randint(1, 100))))
+        act = "deny" if deny else "allow"
+        rules += [AclRule(rid, prio, fam, proto, s, d, None, pr, act)
+                  for s in a for d in b for proto, pr in ports]
+        rid += 1
+    return rules[:n], rid
+
+
+SHAPES = {"policy": gen_policy, "random": gen_random}
+
+
+def measure_commits(shapes: list[str], sizes: list[int], repeat: int,
+                    v6_share: float) -> list[dict[str, Any]]:
+    """Commit each rule set ``repeat`` times into a running pipeline; medians per set."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+
+    from pydp import Dataplane, Pipeline, Source, Vary, acl
+    from pydp.stages import Forward, Parse, Policy
+
+    pl = Pipeline("polbench", ports=["in", "out"], inputs={"in": "parse"},
+                  stages=[Parse("parse", next="pol"), Policy("pol", next="fwd"),
+                          Forward("fwd", port="out")])
+    src = Source([Ether() / IP(src="10.0.0.1", dst="10.128.0.1") / UDP(dport=443)],
+                 vary=[Vary("IP.src", "10.0.0.1", "10.0.255.254")], rate_pps=100_000)
+    out = []
+    with Dataplane(pl, ports={"in": "net_null_pa0,no-rx=1", "out": "net_null_pa1,no-rx=1"},
+                   sources={"in": src}) as dp:
+        dp.start()
+        for shape in shapes:
+            for n in sizes:
+                rules, n_ids = SHAPES[shape](n, v6_share)
+                runs = []
+                for _ in range(repeat):
+                    t0 = time.perf_counter()
+                    arr = acl.rules_array(rules)
+                    t1, c1 = time.perf_counter(), time.thread_time()
+                    acl.commit(dp, "pol", arr, n_ids)
+                    t2, c2 = time.perf_counter(), time.thread_time()
+                    inf = acl.info(dp, "pol")
+                    runs.append({"marshal_s": t1 - t0, "compile_s": inf["build_ns"] / 1e9,
+                                 "publish_s": inf["publish_ns"] / 1e9, "total_s": t2 - t0,
+                                 "commit_cpu_s": c2 - c1})
+                med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+                row = {"shape": shape, "rules": len(rules), "acl_rules4": inf["n_rules4"],
+                       "acl_rules6": inf["n_rules6"], "ids": n_ids, **med, "runs": runs}
+                target = TARGETS_S.get(n)
+                if target is not None:
+                    row["target_s"] = target
+                    row["verdict"] = ("PASS" if med["compile_s"] + med["publish_s"] <= target
+                                      else "MISS")
+                out.append(row)
+        dp.stop()
+        balanced = dp.stats().balanced()
+    for r in out:
+        r["traffic_balanced"] = balanced
+    return out
+
+
+def measure_cycles(n_rules: int, duration: float) -> dict[str, Any]:
+    """Cycles per packet of parse -> forward, and of parse -> policy -> forward (pydp.bench)."""
+    from pydp import Pipeline
+    from pydp.acl import AclRule
+    from pydp.bench import run_bench
+    from pydp.stages import Forward, Parse, Policy
+
+    base = Pipeline("pf", ports=["in", "out"], inputs={"in": "parse"},
+                    stages=[Parse("parse", next="fwd"), Forward("fwd", port="out")])
+    rules, n_ids = gen_policy(n_rules - 1, 0.2)
+    # the benchmark flows: UDP 172.16.0.0/16 -> 10.0.2.0/24 (pydp.bench.bench_flows)
+    rules.append(AclRule(n_ids, 1, proto=17, src="172.16.0.0/16", dst="10.0.2.0/24",
+                         action="allow"))
+    pol = Pipeline("ppf", ports=["in", "out"], inputs={"in": "parse"},
+                   stages=[Parse("parse", next="pol"),
+                           Policy("pol", next="fwd").use(rules, n_ids + 1),
+                           Forward("fwd", port="out")])
+    a = run_bench(base, duration=duration)
+    b = run_bench(pol, duration=duration)
+    keys = ("mpps", "cycles_per_packet", "cpu_cycles_per_packet", "baseline_mpps",
+            "baseline_cpu_cycles_per_packet", "drops", "notes")
+    return {"rules": len(rules), "parse_forward": {k: a[k] for k in keys},
+            "parse_policy_forward": {k: b[k] for k in keys},
+            "policy_cycles_per_packet": round(b["cpu_cycles_per_packet"]
+                                              - a["cpu_cycles_per_packet"], 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="1000,10000,100000")
+    ap.add_argument("--shapes", default="policy,random",
+                    help="rule set shapes: policy (cross products), random")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--v6", type=float, default=0.2, help="share of IPv6 rules")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--cycles", action="store_true",
+                    help="also measure cycles/packet of the stage (pydp.bench)")
+    ap.add_argument("--duration", type=float, default=2.0, help="--cycles: s per run")
+    args = ap.parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    import pydp.eal
+
+    pydp.eal.init()
+    sizes = [int(x) for x in args.sizes.split(",")]
+    shapes = args.shapes.split(",")
+    for s in shapes:
+        if s not in SHAPES:
+            ap.error(f"--shapes: unknown shape '{s}' (known: {', '.join(SHAPES)})")
+    rows = measure_commits(shapes, sizes, args.repeat, args.v6)
+    cyc = measure_cycles(10000, args.duration) if args.cycles else None
+    if args.json:
+        print(json.dumps({"commits": rows, "cycles": cyc}, indent=2))
+        return 0
+    print(f"{'shape':<7} {'rules':>7} {'v4/v6':>13} {'ids':>6} {'marshal':>9} {'compile':>9} "
+          f"{'publish':>9} {'total':>9} {'cpu':>9}  target (compile+publish)")
+    for r in rows:
+        verdict = (f"{r['verdict']} <= {r['target_s'] * 1000:.0f} ms" if "verdict" in r else "")
+        print(f"{r['shape']:<7} {r['rules']:>7} {r['acl_rules4']:>6}/{r['acl_rules6']:<6} "
+              f"{r['ids']:>6} {r['marshal_s'] * 1e3:>7.1f}ms {r['compile_s'] * 1e3:>7.1f}ms "
+              f"{r['publish_s'] * 1e3:>7.2f}ms {r['total_s'] * 1e3:>7.1f}ms "
+              f"{r['commit_cpu_s'] * 1e3:>7.1f}ms  {verdict}")
+    if cyc:
+        a, b = cyc["parse_forward"], cyc["parse_policy_forward"]
+        print(f"\ncycles/packet (on-CPU), {cyc['rules']} rules: parse+forward "
+              f"{a['cpu_cycles_per_packet']:.0f}, parse+policy+forward "
+              f"{b['cpu_cycles_per_packet']:.0f}: the policy stage adds "
+              f"{cyc['policy_cycles_per_packet']:.0f} (drops: {b['drops'] or 'none'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

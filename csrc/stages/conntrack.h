@@ -1,0 +1,149 @@
+/* SPDX-License-Identifier: BSD-3-Clause
+ * conntrack.h - the conntrack stage: the project's one flow table.
+ *
+ * One rte_hash keyed by the normalised 5-tuple (the lower (address, port)
+ * first), so both directions of a connection find the same entry; IPv4 and
+ * IPv6 share the table. The value is a flow index into an array of struct
+ * pd_flow. For every packet the stage sets pd_meta(m)->aux = index + 1 (0:
+ * no flow) and PD_META_REPLY when the packet goes against the flow's
+ * original direction. Needs parse first; non-IP packets pass with aux 0.
+ *
+ * Mode "auto" creates a flow for every new packet (table full: drop
+ * "table-full"). Mode "confirm" only looks up; a later stage (policy)
+ * creates flows with pd_conntrack_confirm().
+ *
+ * Other stages (policy, load balancer, NAT) read the flow of a packet with
+ * pd_conntrack_flow() and keep their per-flow state in the tag, or in new
+ * fields of the cold half of struct pd_flow.
+ */
+#ifndef PD_STAGE_CONNTRACK_H
+#define PD_STAGE_CONNTRACK_H
+#include <pthread.h>
+
+#include "stages.h"
+
+struct rte_hash;
+struct rte_rcu_qsbr_dq;
+
+/* Slot states besides the public PD_CT_NEW/ESTABLISHED/CLOSING (pd_api.h).
+ * A later TCP state machine adds its states below PD_CT_DEAD. */
+#define PD_CT_FREE 0          /* slot not in use */
+#define PD_CT_DEAD 0xff       /* expired, key deleted, slot in its grace period */
+
+static inline bool pd_ct_live(uint8_t state)
+{
+	return state != PD_CT_FREE && state != PD_CT_DEAD;
+}
+
+/* pd_flow_word.flags */
+#define PD_FLOW_ORIG_HI 0x01  /* the original source is the key's higher end */
+#define PD_FLOW_BUSY 0x02     /* just created: the cold half is being written */
+
+/*
+ * State, flags, generation and tag share one 64-bit word and change only
+ * with a compare-and-swap of the whole word. Whoever wins the creation CAS
+ * publishes the original direction and the tag in the same instant, so a
+ * worker that meets the flow a moment later (the other direction on another
+ * worker) never sees a half-made flow.
+ */
+union pd_flow_word {
+	uint64_t u64;
+	struct {
+		uint8_t state;     /* PD_CT_* */
+		uint8_t flags;     /* PD_FLOW_* */
+		uint16_t gen;      /* + 1 each time the slot gets a new flow */
+		uint32_t tag;      /* free for other stages: rule id, backend id */
+	};
+};
+
+/*
+ * One flow: 128 bytes, two cache lines. The first holds what every packet
+ * touches; the second what is written once at creation (and what NAT will
+ * add: the translated tuple).
+ */
+struct pd_flow {
+	/* hot: read and written per packet */
+	union pd_flow_word w;
+	uint64_t last_tsc;             /* last packet, either direction */
+	uint64_t packets[2];           /* [0] original direction, [1] reply */
+	uint64_t bytes[2];             /* frame bytes */
+	uint64_t pad0[2];
+	/* cold: set by the creator while PD_FLOW_BUSY is set */
+	uint64_t first_tsc;
+	uint8_t family;                /* 4 or 6 */
+	uint8_t proto;
+	uint16_t sport;                /* original direction, network order */
+	uint16_t dport;
+	uint8_t src[16];               /* IPv4: first 4 bytes, rest 0 */
+	uint8_t dst[16];
+} __rte_cache_aligned;
+
+/*
+ * The stage's private state. Other stages use `flows` (through
+ * pd_conntrack_flow()); the rest belongs to conntrack.c.
+ */
+struct pd_ct {
+	struct pd_flow *flows;         /* indexed by rte_hash key position */
+	uint32_t n_slots;              /* entries in flows[] */
+	uint32_t capacity;             /* live flows allowed */
+	struct rte_hash *h;
+	bool confirm;                  /* lookup only; pd_conntrack_confirm creates */
+	uint64_t timeout_tsc[PD_CT_N_TIMEOUTS];
+	/* flows holding a slot (live, being created, or in their grace
+	 * period): its own cache line, written when a flow comes or goes */
+	uint32_t used __rte_cache_aligned;
+	/* control side, serialised by ctl */
+	pthread_mutex_t ctl __rte_cache_aligned;
+	struct rte_rcu_qsbr_dq *dq;    /* deleted slots waiting for their grace period */
+	uint32_t cursor;               /* where the next expiry scan starts */
+	uint32_t pending;              /* slots in dq */
+};
+
+/* The flow of a packet the conntrack stage `ct` has seen, NULL if none. */
+static inline struct pd_flow *pd_conntrack_flow(const struct pd_stage *ct,
+						struct rte_mbuf *m)
+{
+	const struct pd_ct *c = ct->priv;
+	uint32_t aux = pd_meta(m)->aux;
+
+	return aux ? &c->flows[aux - 1] : NULL;
+}
+
+/*
+ * Replace a flow's tag (e.g. a load balancer choosing a backend). Returns
+ * false if the flow was deleted or its slot reused (gen changed) meanwhile.
+ */
+static inline bool pd_flow_set_tag(struct pd_flow *f, uint16_t gen,
+				   uint32_t tag)
+{
+	union pd_flow_word o, n;
+
+	o.u64 = __atomic_load_n(&f->w.u64, __ATOMIC_ACQUIRE);
+	do {
+		if (!pd_ct_live(o.state) || o.gen != gen)
+			return false;
+		n = o;
+		n.tag = tag;
+	} while (!__atomic_compare_exchange_n(&f->w.u64, &o.u64, n.u64, false,
+					      __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE));
+	return true;
+}
+
+/*
+ * Fast path, for the stage that decides whether a new flow may exist
+ * (policy) behind a conntrack stage in confirm mode: create the flow of `m`
+ * with `tag` (or find it, if another worker just created it: its tag is
+ * kept), count `m` in it, set aux and PD_META_REPLY. Call it once, for a
+ * packet the conntrack stage passed with aux 0.
+ * Returns the flow index, -ENOSPC when the table is full (the caller drops
+ * with its own reason) or -EINVAL for a packet without an IP header. No
+ * error message: this runs per packet.
+ */
+int pd_conntrack_confirm(struct pd_stage *ct, struct pd_worker *w,
+			 struct rte_mbuf *m, uint32_t tag);
+
+/* Control path: stage index -> the conntrack stage, NULL (and a message)
+ * if it is not one. */
+struct pd_stage *pd_conntrack_find(struct pd_pipeline *p, int stage);
+
+#endif
