@@ -209,3 +209,25 @@ def test_no_huge_fallback_runs_and_says_so():
     assert doc["memory"] == "no-huge (4 KiB pages)"
     assert doc["totals"]["rx"] > 0 and doc["totals"]["balanced"]
     assert "memory: no-huge" in r.stderr
+
+
+def test_run_firewall_pipeline_on_pcap(tmp_path):
+    """The shipped firewall: allowed flows and their replies pass, the rest is dropped."""
+    from scapy.layers.inet import TCP
+    eth = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+    syn = eth / IP(src="198.51.100.7", dst="10.0.1.5") / TCP(sport=40000, dport=80, flags="S")
+    reply = eth / IP(src="10.0.1.5", dst="198.51.100.7") / TCP(sport=80, dport=40000, flags="SA")
+    ssh = eth / IP(src="198.51.100.7", dst="10.0.1.5") / TCP(sport=40001, dport=22, flags="S")
+    web_to_db = eth / IP(src="10.0.1.5", dst="10.0.3.10") / TCP(sport=40002, dport=5432)
+    wrpcap(str(tmp_path / "in.pcap"), [syn, reply, ssh, web_to_db])
+    r = pydp("run", "pipelines/firewall.yaml",
+             "--port", f"in=net_pcap0,rx_pcap={tmp_path / 'in.pcap'}",
+             "--port", f"out=net_pcap1,tx_pcap={tmp_path / 'out.pcap'}",
+             "--until-idle", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["ports"]["out"]["tx_packets"] == 2  # the SYN and its reply
+    assert doc["drops"] == {"policy/policy-deny": 2}  # no-ssh-from-outside, web-never-to-db
+    assert doc["totals"]["balanced"]
+    got = rdpcap(str(tmp_path / "out.pcap"))
+    assert [p[TCP].flags for p in got] == ["S", "SA"]

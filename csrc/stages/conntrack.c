@@ -532,6 +532,43 @@ int pd_conntrack_confirm(struct pd_stage *ct, struct pd_worker *w,
 	return p;
 }
 
+/*
+ * Look one packet up again. The stage looks a whole burst up before a later
+ * stage confirms any flow, so a reply that travels in the same burst as the
+ * packet that opened its flow (a replayed capture, a fast local peer) missed
+ * it. The policy stage calls this before it drops a packet it would deny.
+ */
+int pd_conntrack_recheck(struct pd_stage *ct, struct pd_worker *w,
+			 struct rte_mbuf *m)
+{
+	struct pd_ct *c = ct->priv;
+	struct pd_meta *md = pd_meta(m);
+	union pd_flow_word v;
+	struct ct_key k;
+	uint8_t tf;
+	uint64_t now;
+	unsigned reply;
+	int sw, p;
+
+	if (!c->h)
+		return -EINVAL;
+	sw = ct_key_from_pkt(m, md, &k, &tf);
+	if (sw < 0)
+		return -EINVAL;
+	p = rte_hash_lookup(c->h, &k);
+	if (p < 0)
+		return -ENOENT;
+	v = ct_word(&c->flows[p]);
+	if (!pd_ct_live(v.state))
+		return -ENOENT;
+	now = rte_rdtsc();
+	reply = (unsigned)sw ^ !!(v.flags & PD_FLOW_ORIG_HI);
+	ct_track(&c->flows[p], v, reply, tf, rte_pktmbuf_pkt_len(m), now,
+		 w->pl->n_workers > 1);
+	ct_mark(m, p, reply);
+	return p;
+}
+
 /* ---- control -------------------------------------------------------------- */
 
 struct pd_stage *pd_conntrack_find(struct pd_pipeline *p, int stage)

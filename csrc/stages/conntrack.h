@@ -145,5 +145,9 @@ int pd_conntrack_confirm(struct pd_stage *ct, struct pd_worker *w,
 /* Control path: stage index -> the conntrack stage, NULL (and a message)
  * if it is not one. */
 struct pd_stage *pd_conntrack_find(struct pd_pipeline *p, int stage);
+/* Look one packet up again (a flow confirmed earlier in the same burst):
+ * flow index with aux set, or -ENOENT. */
+int pd_conntrack_recheck(struct pd_stage *ct, struct pd_worker *w,
+			 struct rte_mbuf *m);
 
 #endif

@@ -24,6 +24,8 @@
 /* conntrack.c, when it is linked in; NULL otherwise (see policy.h) */
 extern struct pd_stage *pd_conntrack_find(struct pd_pipeline *p, int stage)
 	__attribute__((weak));
+extern int pd_conntrack_recheck(struct pd_stage *ct, struct pd_worker *w,
+				struct rte_mbuf *m) __attribute__((weak));
 extern int pd_conntrack_confirm(struct pd_stage *ct, struct pd_worker *w,
 				struct rte_mbuf *m, uint32_t tag)
 	__attribute__((weak));
@@ -534,6 +536,17 @@ static inline void pol_pass_new(struct pd_stage *st, struct pd_worker *w,
 	pd_emit(w, st, PD_POLICY_NEXT, mb);
 }
 
+/* Before a deny: a flow opened earlier in this very burst lets it pass. */
+static inline bool pol_stateful_late(struct pd_stage *st, struct pd_worker *w,
+				     struct pd_stage *ct, struct rte_mbuf *mb)
+{
+	if (!ct || !pd_conntrack_recheck || pd_conntrack_recheck(ct, w, mb) < 0)
+		return false;
+	w->ctr[st->ctr_extra + POL_X_STATEFUL]++;
+	pd_emit(w, st, PD_POLICY_NEXT, mb);
+	return true;
+}
+
 static inline void pol_verdict(struct pd_stage *st, struct pd_worker *w,
 			       struct pd_stage *ct, uint64_t *row,
 			       int default_allow, struct rte_mbuf *mb,
@@ -545,13 +558,15 @@ static inline void pol_verdict(struct pd_stage *st, struct pd_worker *w,
 		if (default_allow) {
 			w->ctr[st->ctr_extra + POL_X_DEFAULT_ALLOW]++;
 			pol_pass_new(st, w, ct, mb, PD_POLICY_TAG_DEFAULT);
-		} else {
+		} else if (!pol_stateful_late(st, w, ct, mb)) {
 			pd_drop(w, st, POL_DEFAULT_DENY, mb);
 		}
 		return;
 	}
 	res--;
 	id = res >> 1;
+	if (!(res & 1) && pol_stateful_late(st, w, ct, mb))
+		return;  /* not this rule's hit: its flow was allowed */
 	row[2 * id]++;
 	row[2 * id + 1] += rte_pktmbuf_pkt_len(mb);
 	if (res & 1)
