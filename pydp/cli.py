@@ -209,6 +209,9 @@ def serve_dataplane(dp: Any, ports: dict[str, str], path: str | None) -> Any:
     srv.register("info", lambda: {
         "pipeline": dp.pipeline.name, "lcores": dp.lcores, "ports": ports,
         "memory": info.memory if info else "", "running": dp.running, "pid": os.getpid()})
+    if any(st.TYPE == "policy" for st in dp.pipeline.stages):
+        from .policy.service import PolicyService
+        PolicyService(dp).register(srv)
     srv.start()
     return srv
 
@@ -355,6 +358,114 @@ def bench(pipeline_file: str, duration: float, flows: int, pkt_size: int,
     _start_eal(None, False, {})
     res = run_bench(pl, duration=duration, flows=flows, pkt_size=pkt_size)
     click.echo(json.dumps(res, indent=2) if as_json else format_bench(res))
+
+
+@main.group()
+def policy() -> None:
+    """Zero-trust policy: apply, diff, show and stats on a running dataplane; import, graph."""
+
+
+_control_opt = click.option("--control", default=None, metavar="PATH",
+                            help="Control socket of the dataplane.")
+_stage_opt = click.option("--stage", default=None, help="Policy stage (if several).")
+
+
+@policy.command("apply")
+@click.argument("policy_file", metavar="POLICY.yaml")
+@_control_opt
+@_stage_opt
+@click.option("--json", "as_json", is_flag=True)
+def policy_apply(policy_file: str, control: str | None, stage: str | None,
+                 as_json: bool) -> None:
+    """Validate, compile and publish POLICY.yaml; on any error the old policy stays."""
+    from .control import call
+    from .policy.service import read_policy_text
+    text, name = read_policy_text(policy_file)
+    res = call("policy.apply", control, text=text, name=name, stage=stage)
+    if as_json:
+        click.echo(json.dumps(res, indent=2))
+    else:
+        click.echo(res["text"])
+        click.echo(f"applied to stage '{res['stage']}': {res['rules']} rules, "
+                   f"{res['acl_rules']} ACL entries, {res['seconds'] * 1000:.1f} ms")
+
+
+@policy.command("diff")
+@click.argument("policy_file", metavar="POLICY.yaml")
+@_control_opt
+@_stage_opt
+@click.option("--json", "as_json", is_flag=True)
+def policy_diff(policy_file: str, control: str | None, stage: str | None,
+                as_json: bool) -> None:
+    """Dry run: rules added/removed/changed and reach gained/lost, nothing applied."""
+    from .control import call
+    from .policy.service import read_policy_text
+    text, name = read_policy_text(policy_file)
+    res = call("policy.diff", control, text=text, name=name, stage=stage)
+    click.echo(json.dumps(res["diff"], indent=2) if as_json else res["text"])
+
+
+@policy.command("show")
+@_control_opt
+@_stage_opt
+def policy_show(control: str | None, stage: str | None) -> None:
+    """Print the live policy as YAML."""
+    from .control import call
+    click.echo(call("policy.show", control, stage=stage)["yaml"], nl=False)
+
+
+@policy.command("stats")
+@_control_opt
+@_stage_opt
+@click.option("--json", "as_json", is_flag=True)
+def policy_stats(control: str | None, stage: str | None, as_json: bool) -> None:
+    """Hit counters per rule (packets, bytes) and the stage's drops."""
+    from .control import call
+    res = call("policy.stats", control, stage=stage)
+    if as_json:
+        click.echo(json.dumps(res, indent=2))
+        return
+    click.echo(f"stage {res['stage']}:")
+    for r in res["rules"]:
+        click.echo(f"  {r['rule']:<28} {r['action']:<6} {r['packets']:>12} pkts "
+                   f"{r['bytes']:>14} bytes")
+    for k, v in res["drops"].items():
+        click.echo(f"  drop {k:<23} {v:>12}")
+
+
+@policy.command("import-k8s")
+@click.argument("policy_files", nargs=-1, required=True, metavar="NETWORKPOLICY.yaml...")
+@click.option("--inventory", required=True, metavar="FILE", help="Pods: namespace, labels, IPs.")
+@click.option("-o", "--output", default=None, metavar="FILE", help="Write the pydp policy here.")
+def policy_import_k8s(policy_files: tuple[str, ...], inventory: str, output: str | None) -> None:
+    """Convert networking.k8s.io/v1 NetworkPolicy objects into a pydp policy."""
+    from .policy.k8s import import_k8s
+    pol, warnings = import_k8s(list(policy_files), inventory)
+    text = pol.to_yaml()
+    if output:
+        with open(output, "w", encoding="utf-8") as f:
+            f.write(text)
+        click.echo(f"wrote {output}: {len(pol.rules)} rules", err=True)
+    else:
+        click.echo(text, nl=False)
+    for w in warnings:
+        click.echo(f"pydp: unsupported: {w}", err=True)
+
+
+@policy.command("graph")
+@click.argument("policy_file", metavar="POLICY.yaml")
+@click.option("-o", "--output", required=True, metavar="FILE.png|svg|dot")
+def policy_graph(policy_file: str, output: str) -> None:
+    """Draw which identities may reach which, on which ports (Graphviz)."""
+    from .policy.graph import render, to_dot
+    from .policy.model import Policy
+    pol = Policy.load(policy_file)
+    if output.endswith(".dot"):
+        with open(output, "w", encoding="utf-8") as f:
+            f.write(to_dot(pol))
+    else:
+        render(pol, output)
+    click.echo(f"wrote {output}")
 
 
 @main.group()
