@@ -209,6 +209,21 @@ def serve_dataplane(dp: Any, ports: dict[str, str], path: str | None) -> Any:
     srv.register("info", lambda: {
         "pipeline": dp.pipeline.name, "lcores": dp.lcores, "ports": ports,
         "memory": info.memory if info else "", "running": dp.running, "pid": os.getpid()})
+    ct_stages = [st.name for st in dp.pipeline.stages if st.TYPE == "conntrack"]
+    if ct_stages:
+        from . import flows as fl
+
+        def flows_cmd(stage: str | None = None, addr: str | None = None,
+                      port: int | None = None, state: str | None = None,
+                      limit: int = 1000) -> dict:
+            name = stage or ct_stages[0]
+            if name not in ct_stages:
+                from .errors import InvalidArgument
+                raise InvalidArgument(f"no conntrack stage '{name}' ({', '.join(ct_stages)})")
+            recs = fl.flows(dp, name)
+            return {"stage": name, "total": len(recs),
+                    "flows": fl.records(recs, addr, port, state, limit)}
+        srv.register("flows", flows_cmd)
     if any(st.TYPE == "policy" for st in dp.pipeline.stages):
         from .policy.service import PolicyService
         PolicyService(dp).register(srv)
@@ -358,6 +373,29 @@ def bench(pipeline_file: str, duration: float, flows: int, pkt_size: int,
     _start_eal(None, False, {})
     res = run_bench(pl, duration=duration, flows=flows, pkt_size=pkt_size)
     click.echo(json.dumps(res, indent=2) if as_json else format_bench(res))
+
+
+@main.command()
+@click.option("--control", default=None, metavar="PATH", help="Control socket of the dataplane.")
+@click.option("--stage", default=None, help="Conntrack stage (default: the first).")
+@click.option("--addr", default=None, help="Only flows with this address on either side.")
+@click.option("--port", "port_", type=int, default=None, help="Only flows with this port.")
+@click.option("--state", default=None, help="new, established or closing.")
+@click.option("--limit", type=int, default=1000, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def flows(control: str | None, stage: str | None, addr: str | None, port_: int | None,
+          state: str | None, limit: int, as_json: bool) -> None:
+    """The flow table of a running dataplane."""
+    from .control import call
+    res = call("flows", control, stage=stage, addr=addr, port=port_, state=state, limit=limit)
+    if as_json:
+        click.echo(json.dumps(res, indent=2))
+        return
+    click.echo(f"stage {res['stage']}: {res['total']} flows, {len(res['flows'])} shown")
+    for f in res["flows"]:
+        click.echo(f"  {f['proto']:>3} {f['src']}:{f['sport']} -> {f['dst']}:{f['dport']} "
+                   f"{f['state']:<11} pkts {f['packets_orig']}/{f['packets_reply']} "
+                   f"bytes {f['bytes_orig']}/{f['bytes_reply']} idle {f['idle_ms']} ms")
 
 
 @main.group()

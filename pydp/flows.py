@@ -114,4 +114,33 @@ def state_names(recs: np.ndarray) -> list[str]:
     return [STATES.get(s, str(s)) for s in recs["state"].tolist()]
 
 
-__all__ = ["FLOW_DTYPE", "STATES", "addresses", "count", "expire", "flows", "state_names"]
+__all__ = ["FLOW_DTYPE", "STATES", "addresses", "count", "expire", "flows", "records",
+           "state_names"]
+
+
+def records(recs: np.ndarray, addr: str | None = None, port: int | None = None,
+            state: str | None = None, limit: int = 0) -> list[dict]:
+    """Flow records as dicts, filtered by address (either side), port (either side), state."""
+    src, dst = addresses(recs, "src"), addresses(recs, "dst")
+    names = state_names(recs)
+    if state is not None and state not in STATES.values():
+        raise InvalidArgument(f"state: {state!r} is not one of {', '.join(STATES.values())}")
+    out = []
+    for i in range(len(recs)):
+        r = recs[i]
+        if addr is not None and addr not in (src[i], dst[i]):
+            continue
+        if port is not None and port not in (int(r["sport"]), int(r["dport"])):
+            continue
+        if state is not None and names[i] != state:
+            continue
+        out.append({"proto": int(r["proto"]), "src": src[i], "sport": int(r["sport"]),
+                    "dst": dst[i], "dport": int(r["dport"]), "state": names[i],
+                    "packets_orig": int(r["packets_orig"]),
+                    "packets_reply": int(r["packets_reply"]),
+                    "bytes_orig": int(r["bytes_orig"]), "bytes_reply": int(r["bytes_reply"]),
+                    "age_ms": int(r["age_ms"]), "idle_ms": int(r["idle_ms"]),
+                    "tag": int(r["tag"])})
+        if limit and len(out) >= limit:
+            break
+    return out

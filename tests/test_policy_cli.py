@@ -108,3 +108,21 @@ def test_graph_cli(tmp_path):
         assert cli("policy", "graph", str(PIPELINES / "policies" / "firewall.yaml"),
                    "-o", str(png)).returncode == 0
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_flows_cli_after_allowing(firewall, tmp_path):
+    sock = firewall
+    allow = tmp_path / "allow.yaml"
+    allow.write_text("identities:\n  lab: {labels: {zone: lab}, addresses: [10.0.0.0/16]}\n"
+                     "rules:\n  - {name: lab-udp, action: allow, from: {zone: lab},"
+                     " to: {zone: lab}, ports: [{proto: udp}]}\n")
+    assert cli("policy", "apply", str(allow), "--control", sock).returncode == 0
+    time.sleep(0.7)
+    r = cli("flows", "--control", sock, "--json", "--state", "new", "--port", "80")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["total"] > 0 and doc["flows"]
+    assert all(f["proto"] == 17 and 80 in (f["sport"], f["dport"]) for f in doc["flows"])
+    assert all(f["src"].startswith("10.0.") for f in doc["flows"])
+    r = cli("flows", "--control", sock, "--state", "bogus")
+    assert r.returncode == 2 and "state" in r.stderr
