@@ -70,9 +70,13 @@ def test_pydp_run_metrics_flag(tmp_path):
             if "metrics: " in line:
                 url = line.split("metrics: ")[1].split()[0]
         assert url and url.startswith("http://127.0.0.1:")
-        text = urllib.request.urlopen(url, timeout=5).read().decode()
-        s = samples(text)
-        assert s[("pydp_port_rx_packets_total", (("pipeline", "forward"), ("port", "in")))] > 0
+        key = ("pydp_port_rx_packets_total", (("pipeline", "forward"), ("port", "in")))
+        rx = 0
+        deadline = time.time() + 10  # the header line is printed just before the workers start
+        while rx == 0 and time.time() < deadline:
+            rx = samples(urllib.request.urlopen(url, timeout=5).read().decode())[key]
+            time.sleep(0.1)
+        assert rx > 0
     finally:
         p.terminate()
         p.communicate(timeout=30)
