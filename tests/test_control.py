@@ -116,7 +116,12 @@ def test_pydp_run_serves_stats_and_cli_reads_them(tmp_path):
         while not os.path.exists(sock) and time.time() < deadline:
             time.sleep(0.1)
         info = call("info", sock)
+        while not info["running"] and time.time() < deadline:  # the socket opens first
+            time.sleep(0.05)
+            info = call("info", sock)
         assert info["pipeline"] == "forward" and info["running"]
+        while call("stats", sock)["ports"]["in"]["rx_packets"] == 0 and time.time() < deadline:
+            time.sleep(0.05)
         r = subprocess.run([sys.executable, "-m", "pydp.cli", "stats", "--control", sock,
                             "--json"], capture_output=True, text=True, timeout=30, cwd=ROOT)
         assert r.returncode == 0, r.stderr
