@@ -113,6 +113,9 @@ uint64_t *pd_pipeline_counters(struct pd_pipeline *p, unsigned *rows,
 			       unsigned *stride);
 unsigned pd_pipeline_n_counters(const struct pd_pipeline *p);
 const char *pd_pipeline_counter_name(const struct pd_pipeline *p, unsigned i);
+/* Count TSC cycles per stage in stage/<s>/cycles (default off; any time, even
+ * while running). Returns the previous setting, 0 or 1. */
+int pd_pipeline_set_stage_cycles(struct pd_pipeline *p, int on);
 
 /* stage types: names of edges, drop reasons and extra counters */
 int pd_stage_type_known(const char *type);

@@ -79,6 +79,7 @@ struct pd_stage {
 	uint16_t ctr_in;               /* counter indices */
 	uint16_t ctr_drop;             /* first drop reason counter */
 	uint16_t ctr_extra;            /* first extra counter */
+	uint16_t ctr_cycles;           /* TSC cycles in process() (stage_cycles on) */
 	uint16_t n_drops;
 	void *priv;                    /* stage state, ops->priv_size bytes */
 };
@@ -143,6 +144,7 @@ struct pd_pipeline {
 	unsigned stride;
 	char (*ctr_names)[96];
 	volatile int running;
+	int stage_cycles;       /* time each stage: relaxed atomic, read per burst */
 	int launched;
 };
 

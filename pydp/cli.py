@@ -166,11 +166,13 @@ def _run_loop(dp: Any, duration: float | None, until_idle: bool, idle: float,
               metavar="PORT", help="Serve Prometheus metrics on http://ADDR:PORT/metrics.")
 @click.option("--metrics-addr", default="127.0.0.1", show_default=True, metavar="ADDR",
               help="Address for --metrics (loopback unless you say otherwise).")
+@click.option("--stage-cycles", is_flag=True,
+              help="Count TSC cycles per stage from the start (see pydp stats --stages).")
 def run(pipeline_file: str, port_specs: tuple[str, ...], lcores: str | None,
         duration: float | None, until_idle: bool, idle: float, as_json: bool,
         generate: tuple[str, ...], rate: float, count: int, interval: float,
         no_huge: bool, control: str | None, no_control: bool, metrics_port: int | None,
-        metrics_addr: str) -> None:
+        metrics_addr: str, stage_cycles: bool) -> None:
     """Run PIPELINE.yaml on NIC or virtual ports until Ctrl-C, --duration or --until-idle."""
     from .pipeline import Pipeline
     pl = Pipeline.load(pipeline_file)
@@ -195,7 +197,8 @@ def run(pipeline_file: str, port_specs: tuple[str, ...], lcores: str | None,
     _start_eal(eal_lcores, no_huge, ports)
     _execute(pl, ports, workers, duration, until_idle, idle, as_json, generate, rate, count,
              interval, None if no_control else (control or ""),
-             None if metrics_port is None else (metrics_addr, metrics_port))
+             None if metrics_port is None else (metrics_addr, metrics_port),
+             stage_cycles=stage_cycles)
 
 
 def serve_dataplane(dp: Any, ports: dict[str, str], path: str | None) -> Any:
@@ -209,6 +212,10 @@ def serve_dataplane(dp: Any, ports: dict[str, str], path: str | None) -> Any:
     srv.register("info", lambda: {
         "pipeline": dp.pipeline.name, "lcores": dp.lcores, "ports": ports,
         "memory": info.memory if info else "", "running": dp.running, "pid": os.getpid()})
+
+    def stage_cycles_cmd(on: bool) -> dict:
+        return {"stage_cycles": bool(on), "was": dp.set_stage_cycles(bool(on))}
+    srv.register("stage_cycles", stage_cycles_cmd)
     ct_stages = [st.name for st in dp.pipeline.stages if st.TYPE == "conntrack"]
     if ct_stages:
         from . import flows as fl
@@ -234,7 +241,8 @@ def serve_dataplane(dp: Any, ports: dict[str, str], path: str | None) -> Any:
 def _execute(pl: Any, ports: dict[str, str], workers: list[int] | None,
              duration: float | None, until_idle: bool, idle: float, as_json: bool,
              generate: tuple[str, ...], rate: float, count: int, interval: float,
-             control: str | None = None, metrics: tuple[str, int] | None = None) -> None:
+             control: str | None = None, metrics: tuple[str, int] | None = None,
+             stage_cycles: bool = False) -> None:
     from contextlib import nullcontext
 
     from . import eal
@@ -251,6 +259,8 @@ def _execute(pl: Any, ports: dict[str, str], workers: list[int] | None,
              else nullcontext()) as ms:
         if ms:
             ms.start()
+        if stage_cycles:
+            dp.set_stage_cycles(True)
         click.echo(f"pydp: pipeline '{pl.name}' on lcores {dp.lcores}, memory: "
                    f"{info.memory if info else '?'}; ports: "
                    + ", ".join(f"{n}={d}" for n, d in ports.items())
@@ -307,10 +317,17 @@ def _pipeline_path(name: str) -> str:
 @click.option("--json", "as_json", is_flag=True, help="One JSON document.")
 @click.option("--watch", is_flag=True, help="Refresh every --interval seconds until Ctrl-C.")
 @click.option("--interval", type=float, default=1.0, show_default=True, metavar="S")
-def stats(control: str | None, as_json: bool, watch: bool, interval: float) -> None:
+@click.option("--stages", "stage_table", is_flag=True,
+              help="Cycles per packet of each stage over one --interval (switches the "
+                   "dataplane's stage_cycles on for it if it is off).")
+def stats(control: str | None, as_json: bool, watch: bool, interval: float,
+          stage_table: bool) -> None:
     """Counters of a running dataplane: per port, per stage, per drop reason."""
     from .control import ControlClient
     from .stats import Stats
+    if stage_table:
+        _stats_stages(control, as_json, interval)
+        return
     with ControlClient(control) as c:
         while True:
             doc = c.call("stats")
@@ -326,6 +343,37 @@ def stats(control: str | None, as_json: bool, watch: bool, interval: float) -> N
                 time.sleep(interval)
             except KeyboardInterrupt:
                 return
+
+
+def _stats_stages(control: str | None, as_json: bool, interval: float) -> None:
+    """``pydp stats --stages``: per stage packets in and cycles/packet over one interval."""
+    from .control import call
+    from .stats import Stats
+    if interval <= 0:
+        raise ConfigError("--interval must be positive", key="interval")
+    # one-shot calls: the socket is not held across the interval
+    was = call("stage_cycles", control, on=True)["was"]
+    try:
+        before = Stats.from_dict(call("stats", control))
+        time.sleep(interval)
+        doc = call("stats", control)
+    finally:
+        if not was:  # leave the dataplane as we found it
+            call("stage_cycles", control, on=False)
+    after = Stats.from_dict(doc)
+    cost = after.stage_cost(since=before)
+    st_a, st_b = after.stages(), before.stages()
+    pkts = {n: s["in"] - st_b.get(n, {}).get("in", 0) for n, s in st_a.items()}
+    if as_json:
+        doc["stage_cost"] = cost
+        doc["stage_cost_interval_s"] = interval
+        doc["stage_cost_packets"] = pkts
+        click.echo(json.dumps(doc, indent=2))
+        return
+    click.echo(f"stage cost over {interval:g} s (TSC cycles per packet in):")
+    click.echo(f"  {'stage':<16} {'packets in':>14} {'cycles/pkt':>12}")
+    for name in st_a:
+        click.echo(f"  {name:<16} {pkts[name]:>14} {cost[name]:>12.1f}")
 
 
 @main.command()
@@ -396,6 +444,17 @@ def flows(control: str | None, stage: str | None, addr: str | None, port_: int |
         click.echo(f"  {f['proto']:>3} {f['src']}:{f['sport']} -> {f['dst']}:{f['dport']} "
                    f"{f['state']:<11} pkts {f['packets_orig']}/{f['packets_reply']} "
                    f"bytes {f['bytes_orig']}/{f['bytes_reply']} idle {f['idle_ms']} ms")
+
+
+@main.command()
+@click.argument("pipeline_file", metavar="PIPELINE.yaml")
+@click.option("-o", "--output", required=True, metavar="FILE.png|svg|dot")
+@click.option("--control", default=None, metavar="PATH",
+              help="Attach to a running dataplane: live counters on the edges.")
+def graph(pipeline_file: str, output: str, control: str | None) -> None:
+    """Draw the pipeline graph (Graphviz); with --control, with live counters."""
+    from .pipeline_graph import cli_graph
+    click.echo(cli_graph(pipeline_file, output, control))
 
 
 @main.group()

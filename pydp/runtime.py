@@ -225,6 +225,17 @@ class Dataplane:
         st.nexthops, st.routes = new.nexthops, new.routes
 
     # -- observing ------------------------------------------------------------------------
+    def set_stage_cycles(self, on: bool) -> bool:
+        """Count TSC cycles per stage (``stage/<s>/cycles``) from the next burst on.
+
+        Off by default: off costs one predictable branch per burst, on two
+        rte_rdtsc() per stage per burst. Callable while running. Returns the
+        previous setting.
+        """
+        if self._cp is None:
+            raise InvalidArgument("the dataplane is closed")
+        return bool(check(lib.pd_pipeline_set_stage_cycles(self._cp, 1 if on else 0)))
+
     def counters(self) -> np.ndarray:
         """The raw per-worker counter rows (a live numpy view, not a copy)."""
         return self._ctr

@@ -2,7 +2,9 @@
 
 Counter names come from the C core: ``port/<name>/rx_packets``,
 ``port/<name>/drop/tx_full``, ``stage/<name>/in``,
-``stage/<name>/drop/<reason>``, ``stage/<name>/<extra>``.
+``stage/<name>/drop/<reason>``, ``stage/<name>/<extra>`` and
+``stage/<name>/cycles`` (TSC cycles spent in the stage, counted only while
+the dataplane's stage_cycles switch is on; see :meth:`Stats.stage_cost`).
 """
 
 from __future__ import annotations
@@ -51,17 +53,33 @@ class Stats:
         return out
 
     def stages(self) -> dict[str, dict[str, Any]]:
-        """Per stage: packets in, drops by reason, extra counters."""
+        """Per stage: packets in, drops by reason, extra counters, cycles."""
         out: dict[str, dict[str, Any]] = {}
         for k, v in self.counters.items():
             parts = k.split("/")
             if parts[0] != "stage":
                 continue
-            s = out.setdefault(parts[1], {"in": 0, "drops": {}})
+            s = out.setdefault(parts[1], {"in": 0, "drops": {}, "cycles": 0})
             if parts[2] == "drop":
                 s["drops"][parts[3]] = v
             else:
                 s[parts[2]] = v
+        return out
+
+    def stage_cost(self, since: Stats | None = None) -> dict[str, float]:
+        """Per stage: TSC cycles per packet in (0 for a stage that saw none).
+
+        Cycles are only counted while stage_cycles is on, packets always: give
+        ``since``, a snapshot taken after it was switched on, to divide the
+        increments between the two snapshots instead of the totals.
+        """
+        prev = since.stages() if since is not None else {}
+        out: dict[str, float] = {}
+        for name, s in self.stages().items():
+            p = prev.get(name, {})
+            pkts = s["in"] - p.get("in", 0)
+            cyc = s.get("cycles", 0) - p.get("cycles", 0)
+            out[name] = round(cyc / pkts, 1) if pkts > 0 and cyc > 0 else 0.0
         return out
 
     def drops(self) -> dict[str, int]:
@@ -158,8 +176,12 @@ class Stats:
                          f"{p.get('tx_packets', 0):>12} missed {p.get('missed', 0)} "
                          f"errors {p.get('errors', 0)} drops: {d}")
         lines.append("stages:")
+        cost = self.stage_cost()
         for name, s in self.stages().items():
             d = ", ".join(f"{k} {v}" for k, v in s["drops"].items() if v) or "none"
-            ext = "".join(f" {k} {v}" for k, v in s.items() if k not in ("in", "drops"))
+            ext = "".join(f" {k} {v}" for k, v in s.items()
+                          if k not in ("in", "drops", "cycles"))
+            if s.get("cycles"):
+                ext += f" cycles/pkt {cost[name]:.1f}"
             lines.append(f"  {name:<10} in {s['in']:>12}{ext} drops: {d}")
         return "\n".join(lines)
