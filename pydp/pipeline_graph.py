@@ -22,12 +22,11 @@ on the drop edges.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidArgument, NotFound, PydpError
+from .errors import InvalidArgument, PydpError
+from .graphviz import render_dot
 from .pipeline import Pipeline
 from .stages import Stage, stage_drops
 
@@ -249,23 +248,7 @@ def render(pipeline: Pipeline, out_path: str | Path,
         raise InvalidArgument(f"cannot render {out.name!r}: the file name must end in "
                               f"{', '.join('.' + f for f in FORMATS)}")
     text = to_dot(pipeline, stats)
-    if fmt == "dot":
-        out.write_text(text, encoding="utf-8")
-        return out
-    dot = shutil.which("dot")
-    if dot is None:
-        raise NotFound("Graphviz 'dot' is not installed (or not on PATH); install the "
-                       "'graphviz' package (apt-get install graphviz) to render "
-                       f"{out.name}, or write a .dot file instead")
-    try:
-        r = subprocess.run([dot, f"-T{fmt}", "-o", str(out)], input=text, text=True,
-                           capture_output=True, timeout=120, check=False)
-    except subprocess.TimeoutExpired:
-        raise PydpError(f"Graphviz 'dot' took over 120 s to render {out.name}") from None
-    if r.returncode != 0:
-        raise PydpError(f"Graphviz 'dot' failed ({r.returncode}) rendering {out.name}: "
-                        f"{r.stderr.strip()}")
-    return out
+    return render_dot(text, out, fmt)
 
 
 def cli_graph(pipeline_file: str, output: str, control: str | None) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import pydp.graphviz
 from pydp import pipeline_graph
 from pydp.errors import InvalidArgument, NotFound, PydpError
 from pydp.pipeline import Pipeline
@@ -217,7 +218,7 @@ def test_bad_extension(tmp_path):
 
 
 def test_missing_dot(tmp_path, monkeypatch):
-    monkeypatch.setattr(pipeline_graph.shutil, "which", lambda name: None)
+    monkeypatch.setattr(pydp.graphviz.shutil, "which", lambda name: None)
     pl = Pipeline.load(PIPELINES / "forward.yaml")
     with pytest.raises(NotFound, match="Graphviz 'dot' is not installed") as ei:
         render(pl, tmp_path / "g.png")

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+import pydp.graphviz
 from pydp.errors import NotFound
-from pydp.policy import graph
 from pydp.policy.graph import render, to_dot
 from pydp.policy.model import Policy
 
@@ -89,14 +89,14 @@ def test_render_png_and_svg(tmp_path):
 
 
 def test_render_dot_needs_no_graphviz(tmp_path, monkeypatch):
-    monkeypatch.setattr(graph.shutil, "which", lambda name: None)
+    monkeypatch.setattr(pydp.graphviz.shutil, "which", lambda name: None)
     p = Policy.load(FIREWALL_POLICY)
     out = render(p, tmp_path / "fw.dot")
     assert out.read_text() == to_dot(p)
 
 
 def test_render_without_dot_names_the_tool(tmp_path, monkeypatch):
-    monkeypatch.setattr(graph.shutil, "which", lambda name: None)
+    monkeypatch.setattr(pydp.graphviz.shutil, "which", lambda name: None)
     with pytest.raises(NotFound, match=r"Graphviz 'dot' is not installed.*graphviz"):
         render(Policy.load(FIREWALL_POLICY), tmp_path / "fw.png")
 

@@ -12,11 +12,9 @@ between them and the rules' names. External CIDR endpoints are drawn as notes.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
-from ..errors import NotFound, PydpError
+from ..graphviz import render_dot
 from .diff import Analysis, denials, reach
 from .model import Policy
 
@@ -78,23 +76,7 @@ def render(policy: Policy, out_path: str | Path, fmt: str | None = None) -> Path
         raise ValueError(f"cannot render {out.name!r}: format {fmt!r} is not one of "
                          f"{', '.join(FORMATS)}")
     text = to_dot(policy)
-    if fmt == "dot":
-        out.write_text(text, encoding="utf-8")
-        return out
-    dot = shutil.which("dot")
-    if dot is None:
-        raise NotFound("Graphviz 'dot' is not installed (or not on PATH); install the "
-                       "'graphviz' package (apt-get install graphviz) to render "
-                       f"{out.name}, or use to_dot() for the text")
-    try:
-        r = subprocess.run([dot, f"-T{fmt}", "-o", str(out)], input=text, text=True,
-                           capture_output=True, timeout=120, check=False)
-    except subprocess.TimeoutExpired:
-        raise PydpError(f"Graphviz 'dot' took over 120 s to render {out.name}") from None
-    if r.returncode != 0:
-        raise PydpError(f"Graphviz 'dot' failed ({r.returncode}) rendering {out.name}: "
-                        f"{r.stderr.strip()}")
-    return out
+    return render_dot(text, out, fmt)
 
 
 __all__ = ["render", "to_dot"]
