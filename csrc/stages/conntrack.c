@@ -503,33 +503,37 @@ static void ct_process(struct pd_stage *st, struct pd_worker *w,
 	}
 }
 
+/* Count one packet on flow p and mark it (aux, reply flag): returns p. */
+static int ct_hit_one(struct pd_ct *c, struct pd_worker *w, struct rte_mbuf *m,
+		      int p, union pd_flow_word v, int sw, uint8_t tf)
+{
+	unsigned reply = (unsigned)sw ^ !!(v.flags & PD_FLOW_ORIG_HI);
+
+	ct_track(&c->flows[p], v, reply, tf, rte_pktmbuf_pkt_len(m), rte_rdtsc(),
+		 w->pl->n_workers > 1);
+	pd_meta(m)->flags &= (uint16_t)~PD_META_REPLY;
+	ct_mark(m, p, reply);
+	return p;
+}
+
 int pd_conntrack_confirm(struct pd_stage *ct, struct pd_worker *w,
 			 struct rte_mbuf *m, uint32_t tag)
 {
 	struct pd_ct *c = ct->priv;
-	struct pd_meta *md = pd_meta(m);
 	union pd_flow_word v;
 	struct ct_key k;
 	uint8_t tf;
-	uint64_t now;
-	unsigned reply;
 	int sw, p;
 
 	if (!c->h)
 		return -EINVAL;
-	sw = ct_key_from_pkt(m, md, &k, &tf);
+	sw = ct_key_from_pkt(m, pd_meta(m), &k, &tf);
 	if (sw < 0)
 		return -EINVAL;
-	now = rte_rdtsc();
-	p = ct_create(c, w, ct, &k, sw, tag, now, &v);
+	p = ct_create(c, w, ct, &k, sw, tag, rte_rdtsc(), &v);
 	if (p < 0)
 		return p;
-	reply = (unsigned)sw ^ !!(v.flags & PD_FLOW_ORIG_HI);
-	ct_track(&c->flows[p], v, reply, tf, rte_pktmbuf_pkt_len(m), now,
-		 w->pl->n_workers > 1);
-	md->flags &= (uint16_t)~PD_META_REPLY;
-	ct_mark(m, p, reply);
-	return p;
+	return ct_hit_one(c, w, m, p, v, sw, tf);
 }
 
 /*
@@ -542,17 +546,14 @@ int pd_conntrack_recheck(struct pd_stage *ct, struct pd_worker *w,
 			 struct rte_mbuf *m)
 {
 	struct pd_ct *c = ct->priv;
-	struct pd_meta *md = pd_meta(m);
 	union pd_flow_word v;
 	struct ct_key k;
 	uint8_t tf;
-	uint64_t now;
-	unsigned reply;
 	int sw, p;
 
 	if (!c->h)
 		return -EINVAL;
-	sw = ct_key_from_pkt(m, md, &k, &tf);
+	sw = ct_key_from_pkt(m, pd_meta(m), &k, &tf);
 	if (sw < 0)
 		return -EINVAL;
 	p = rte_hash_lookup(c->h, &k);
@@ -561,12 +562,7 @@ int pd_conntrack_recheck(struct pd_stage *ct, struct pd_worker *w,
 	v = ct_word(&c->flows[p]);
 	if (!pd_ct_live(v.state))
 		return -ENOENT;
-	now = rte_rdtsc();
-	reply = (unsigned)sw ^ !!(v.flags & PD_FLOW_ORIG_HI);
-	ct_track(&c->flows[p], v, reply, tf, rte_pktmbuf_pkt_len(m), now,
-		 w->pl->n_workers > 1);
-	ct_mark(m, p, reply);
-	return p;
+	return ct_hit_one(c, w, m, p, v, sw, tf);
 }
 
 /* ---- control -------------------------------------------------------------- */
