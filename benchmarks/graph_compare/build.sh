@@ -4,7 +4,7 @@
 # real runner, parse and forward stages), linked against DPDK, rte_graph and
 # rte_node (+ net_ring and bus_vdev, which pydp's pd_port.c uses).
 #
-#   bash benchmarks/graph_compare/build.sh      -> benchmarks/graph_compare/build/graph_bench
+#   bash benchmarks/graph_compare/build.sh   (-> build/graph_bench beside it)
 #
 # Environment: CC (default cc), OUT (output dir, default build/ beside this file)
 set -euo pipefail
