@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from . import eal
-from ._core import check, cstr, ffi, lib
+from ._core import check, ffi, lib
 from .errors import InvalidArgument, NotSupported
 from .mempool import pool_size_for
 from .pipeline import Pipeline
@@ -93,17 +93,6 @@ class BareDataplane(Dataplane):
         lc = ffi.new("unsigned[]", self.lcores)
         check(lib.pd_pipeline_build(self._cp, self._pool._ptr, lc, len(self.lcores)))
         self._map_counters()
-
-    def _map_counters(self) -> None:
-        import numpy as np
-
-        rows = ffi.new("unsigned *")
-        stride = ffi.new("unsigned *")
-        ptr = lib.pd_pipeline_counters(self._cp, rows, stride)
-        n = lib.pd_pipeline_n_counters(self._cp)
-        self.counter_names = [cstr(lib.pd_pipeline_counter_name(self._cp, i)) for i in range(n)]
-        buf = ffi.buffer(ptr, rows[0] * stride[0] * 8)
-        self._ctr = np.frombuffer(buf, dtype=np.uint64).reshape(rows[0], stride[0])[:, :n]
 
 
 # -- traffic ---------------------------------------------------------------------------

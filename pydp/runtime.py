@@ -140,6 +140,10 @@ class Dataplane:
             src.attach(self._cp, self.port_index[name])
         lc = ffi.new("unsigned[]", self.lcores)
         check(lib.pd_pipeline_build(self._cp, self._pool._ptr, lc, len(self.lcores)))
+        self._map_counters()
+
+    def _map_counters(self) -> None:
+        """Name the built pipeline's counters and view them without copying."""
         rows = ffi.new("unsigned *")
         stride = ffi.new("unsigned *")
         ptr = lib.pd_pipeline_counters(self._cp, rows, stride)

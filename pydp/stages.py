@@ -401,6 +401,13 @@ class Policy(Stage):
         self._compiled = CompiledPolicy(list(rules), n_ids, default_allow)
         return self
 
+    def policy_path(self) -> str | None:
+        """The policy file, relative paths taken from the pipeline file's folder."""
+        base = getattr(self, "base_dir", None)  # set by Pipeline.load
+        if self.policy and base and not os.path.isabs(self.policy):
+            return os.path.join(base, self.policy)
+        return self.policy
+
     def validate(self, pl: Pipeline) -> None:
         """Check the edges, the policy path and that conntrack guards every way in."""
         super().validate(pl)
@@ -445,10 +452,7 @@ class Policy(Stage):
         check(lib.pd_policy_config(cp, idx, ct))
         pol = self._compiled
         if pol is None:
-            path = self.policy
-            base = getattr(self, "base_dir", None)  # set by Pipeline.load: the file's folder
-            if path and base and not os.path.isabs(path):
-                path = os.path.join(base, path)
+            path = self.policy_path()
             pol = acl.load_policy(path) if path else acl.CompiledPolicy()
         acl.commit(cp, idx, pol.rules, pol.ids(), pol.default_allow)
 

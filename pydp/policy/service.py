@@ -27,16 +27,8 @@ class PolicyService:
         self.current: dict[str, Policy | None] = {}
         self.hits_base: dict[str, dict[str, tuple[int, int]]] = {}
         for name in self.stages:
-            st = dp.pipeline.stage(name)
-            pol = None
-            if st.policy:
-                import os
-                path = st.policy
-                base = getattr(st, "base_dir", None)
-                if base and not os.path.isabs(path):
-                    path = os.path.join(base, path)
-                pol = Policy.load(path)
-            self.current[name] = pol
+            path = dp.pipeline.stage(name).policy_path()
+            self.current[name] = Policy.load(path) if path else None
             self.hits_base[name] = {}
 
     def _stage(self, stage: str | None) -> str:
