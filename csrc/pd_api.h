@@ -257,4 +257,76 @@ int pd_conntrack_dump(struct pd_pipeline *p, int stage, struct pd_flow_rec *out,
 /* Live flows in the table. */
 int pd_conntrack_count(struct pd_pipeline *p, int stage);
 
+/* ---- observability: packet trace and capture ---- */
+/* See csrc/pd_trace.c, csrc/pd_capture.c and docs/architecture.md. */
+#define PD_TRACE_SNAP 128       /* bytes of each traced packet kept, from rx */
+#define PD_TRACE_EVENTS 24      /* events per record (more: lost_events) */
+#define PD_TRACE_MAX 4096       /* packets per trace session */
+/* pd_trace_event.kind */
+#define PD_TRACE_EV_STAGE 1     /* entered stage `stage` */
+#define PD_TRACE_EV_EMIT 2      /* `stage` sent it along edge `arg` to stage `value` */
+#define PD_TRACE_EV_TX 3        /* `stage` queued it for tx on pipeline port `arg` */
+#define PD_TRACE_EV_DROP 4      /* `stage` dropped it with drop reason `arg` */
+#define PD_TRACE_EV_HIT 5       /* table hit in `stage`: kind `arg`, id `value` */
+#define PD_TRACE_EV_COPY 6      /* `stage` sent a copy to port `arg` (value 0) or stage `value`-1 */
+#define PD_TRACE_EV_HELD 7      /* `stage` kept it (no verdict in this burst) */
+/* pd_trace_event.arg of PD_TRACE_EV_HIT: what table hit (pd_trace_hit) */
+#define PD_TRACE_RULE 1         /* policy rule id; 4294967295 = the default */
+#define PD_TRACE_FLOW 2         /* conntrack flow index (pd_flow_rec.index) */
+#define PD_TRACE_FLOW_NEW 3     /* a flow created for this packet */
+#define PD_TRACE_BACKEND 4      /* load balancer backend id */
+#define PD_TRACE_SERVICE 5      /* load balancer service id */
+#define PD_TRACE_SA 6           /* IPsec SA id */
+#define PD_TRACE_ROUTE 7        /* route next hop */
+struct pd_trace_event {
+	uint8_t kind;
+	uint8_t stage;
+	uint16_t arg;
+	uint32_t value;
+	uint64_t tsc;
+};
+struct pd_trace_rec {
+	uint64_t seq;           /* order of matching, over all workers */
+	uint64_t tsc;           /* at rx */
+	uint32_t pkt_len;       /* frame length at rx */
+	uint16_t snap_len;      /* bytes in data[] */
+	uint16_t in_port;       /* pipeline port index */
+	uint16_t queue;
+	uint16_t worker;
+	uint16_t n_events;
+	uint16_t lost_events;
+	struct pd_trace_event ev[PD_TRACE_EVENTS];
+	uint8_t data[PD_TRACE_SNAP];
+};
+/* Trace the next `count` packets matching `filter` (a pcap-filter
+ * expression as tcpdump takes, NULL or "" for all) from the next burst on;
+ * replaces a trace in progress. */
+int pd_trace_start(struct pd_pipeline *p, unsigned count, const char *filter);
+/* Copy finished records not read before (up to max); returns how many. */
+int pd_trace_read(struct pd_pipeline *p, struct pd_trace_rec *out, unsigned max);
+/* Packets still to match (0: the trace is complete or none is running). */
+int pd_trace_remaining(struct pd_pipeline *p);
+/* Disarm and free the trace (unread records are lost). */
+int pd_trace_stop(struct pd_pipeline *p);
+/* 0 if `filter` compiles, else -EINVAL with the compiler's message. */
+int pd_filter_check(const char *filter);
+
+struct pd_capture_info {
+	uint64_t written;       /* packets written to the file */
+	uint64_t dropped;       /* copies lost: capture ring full or pool empty */
+	uint64_t remaining;     /* packets still to capture (count given) */
+	int32_t active;         /* 1 while workers still copy */
+	int32_t pad;
+};
+/* Capture to `path` (pcapng) what pipeline port `port` receives and sends
+ * (stage -1), or what enters stage `stage` (port -1); count 0: until
+ * stopped; snaplen 0: whole frames; filter as pd_trace_start. */
+int pd_capture_start(struct pd_pipeline *p, const char *path, int port,
+		     int stage, unsigned count, unsigned snaplen,
+		     const char *filter);
+/* Control thread: write what the workers copied; fills *info. */
+int pd_capture_poll(struct pd_pipeline *p, struct pd_capture_info *info);
+/* Disarm, write the rest and the statistics block, close the file. */
+int pd_capture_stop(struct pd_pipeline *p, struct pd_capture_info *info);
+
 #endif /* PD_API_H */

@@ -99,6 +99,8 @@ struct pd_rxq {
 	struct pd_source *src; /* non-NULL: generate instead of rx */
 };
 
+struct pd_trace_rec;
+
 struct pd_worker {
 	/* hot, written per burst */
 	uint64_t *ctr;                     /* this worker's counter row */
@@ -106,6 +108,10 @@ struct pd_worker {
 	uint16_t slot;                     /* worker index, = tx queue */
 	uint16_t n_rxq;
 	unsigned lcore;
+	/* observability (pd_trace.c): the record of the one traced packet a
+	 * stage is processing right now, NULL otherwise (pd_trace_hit) */
+	struct pd_trace_rec *trace_cur;
+	struct rte_mbuf *trace_m;
 	struct pd_rxq rxq[PD_MAX_RXQ];
 	struct pd_buf drop;
 	struct pd_buf tx[PD_MAX_PORTS];
@@ -146,7 +152,15 @@ struct pd_pipeline {
 	volatile int running;
 	int stage_cycles;       /* time each stage: relaxed atomic, read per burst */
 	int launched;
+	/* observability (pd_trace.c, pd_capture.c): PD_OBS_* bits, relaxed
+	 * atomic, read once per burst by the worker loop */
+	int obs_armed;
+	struct pd_trace *trace;
+	struct pd_capture *cap;
 };
+
+#define PD_OBS_TRACE 0x1
+#define PD_OBS_CAPTURE 0x2
 
 /* ---- fast-path helpers used by every stage ----------------------------- */
 
@@ -205,6 +219,56 @@ static inline void pd_drop(struct pd_worker *w, struct pd_stage *st,
 	if (unlikely(w->drop.n >= PD_BURST))
 		pd_drop_flush(w);
 }
+
+/* ---- observability: packet trace and capture (pd_trace.c, pd_capture.c) --
+ *
+ * Off, they cost the worker loop one relaxed load and one predictable branch
+ * per rx burst (p->obs_armed). Armed, the burst goes to pd_obs_burst()
+ * instead of the plain stage walk: it captures, runs the trace filter, and
+ * walks the stages itself, giving each traced packet a one-packet process()
+ * call of its own so the verdict (emit, tx, drop and its reason) is read off
+ * the buffers and counters that call changed: the verdict helpers above stay
+ * untouched and nothing is stored in the mbuf.
+ *
+ * Table hits: a stage that looks a packet up in a table notes the hit with
+ *
+ *     pd_trace_hit(w, st, m, PD_TRACE_RULE, rule_id);   // or _FLOW, _FLOW_NEW,
+ *                                                       // _BACKEND, _SERVICE, _SA
+ *
+ * right where it knows the id. It costs one load of a worker field in L1 and
+ * one never-taken branch when the packet is not traced (w->trace_cur is set
+ * only during the one-packet call of a traced packet). Kinds and the record
+ * layout are in pd_api.h (struct pd_trace_rec).
+ */
+struct pd_trace;
+struct pd_capture;
+void pd_obs_burst(struct pd_worker *w, unsigned first, const struct pd_rxq *q);
+void pd_trace_hit_slow(struct pd_worker *w, struct pd_stage *st, unsigned kind,
+		       uint32_t id);
+
+static inline void pd_trace_hit(struct pd_worker *w, struct pd_stage *st,
+				struct rte_mbuf *m, unsigned kind, uint32_t id)
+{
+	if (unlikely(w->trace_cur != NULL) && w->trace_m == m)
+		pd_trace_hit_slow(w, st, kind, id);
+}
+
+/* pd_capture.c: the capture side of pd_obs_burst: what port `port_idx`
+ * received, what enters stage `stage` (each a no-op unless it is the one
+ * being captured). A port's tx side is captured by an ethdev tx callback. */
+void pd_capture_rx(struct pd_worker *w, uint16_t port_idx, uint16_t queue,
+		   struct rte_mbuf **pkts, uint16_t n);
+void pd_capture_stage(struct pd_worker *w, unsigned stage,
+		      struct rte_mbuf **pkts, uint16_t n);
+/* free trace and capture state of a pipeline being freed */
+void pd_obs_free(struct pd_pipeline *p);
+/* pd_trace.c: a pcap-filter expression compiled to rte_bpf (NULL expr or ""
+ * -> *out NULL: everything matches) */
+struct rte_bpf;
+int pd_bpf_compile(const char *expr, struct rte_bpf **out);
+/* rc[i] = 1 if pkts[i] matches (all 1 when bpf is NULL) */
+void pd_bpf_match(const struct rte_bpf *bpf, struct rte_mbuf **pkts,
+		  uint16_t n, uint64_t *rc);
 
 /* ---- shared control helpers -------------------------------------------- */
 struct rte_mempool *pd_pool_mp(struct pd_pool *pool);

@@ -95,6 +95,7 @@ void pd_pipeline_free(struct pd_pipeline *p)
 		return;
 	if (p->running)
 		pd_pipeline_stop(p);
+	pd_obs_free(p);   /* trace and capture, if any */
 	for (i = 0; i < p->n_stages; i++) {
 		struct pd_stage *st = &p->stages[i];
 
@@ -589,7 +590,15 @@ static int worker_main(void *arg)
 				continue;
 			rx_account_in(w, q, pkts, n);
 			w->in[q->stage].n = n;
-			run_stages(w, (unsigned)q->stage);
+#ifndef PD_NO_OBS
+			/* observability (pd_trace.c): trace or capture armed?
+			 * one relaxed load, one predictable branch per burst */
+			if (unlikely(__atomic_load_n(&p->obs_armed,
+						     __ATOMIC_RELAXED)))
+				pd_obs_burst(w, (unsigned)q->stage, q);
+			else
+#endif
+				run_stages(w, (unsigned)q->stage);
 			if (w->drop.n)
 				pd_drop_flush(w);
 		}

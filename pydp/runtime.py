@@ -240,6 +240,19 @@ class Dataplane:
             raise InvalidArgument("the dataplane is closed")
         return bool(check(lib.pd_pipeline_set_stage_cycles(self._cp, 1 if on else 0)))
 
+    def trace(self, count: int, filter: str | None = None,  # noqa: A002
+              timeout: float = 10.0) -> list:
+        """Trace the next ``count`` packets matching ``filter`` (pcap-filter syntax).
+
+        Returns :class:`pydp.trace.TraceRecord` objects: the stages each
+        went through, its verdict, its table hits, the packet as scapy.
+        Fewer if ``timeout`` s pass first. See :mod:`pydp.trace`.
+        """
+        from . import trace as tr
+        if self._cp is None:
+            raise InvalidArgument("the dataplane is closed")
+        return tr.trace(self, count, filter, timeout)
+
     def counters(self) -> np.ndarray:
         """The raw per-worker counter rows (a live numpy view, not a copy)."""
         return self._ctr

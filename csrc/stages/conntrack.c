@@ -468,6 +468,9 @@ static void ct_burst(struct pd_stage *st, struct pd_ct *c, struct pd_worker *w,
 				pd_drop(w, st, CT_DROP_TABLE_FULL, m);
 				continue;
 			}
+			pd_trace_hit(w, st, m, PD_TRACE_FLOW_NEW, (uint32_t)p);
+		} else {
+			pd_trace_hit(w, st, m, PD_TRACE_FLOW, (uint32_t)p);
 		}
 		reply = sw[k] ^ !!(v.flags & PD_FLOW_ORIG_HI);
 		ct_track(&c->flows[p], v, reply, tf[k], rte_pktmbuf_pkt_len(m),
@@ -533,6 +536,7 @@ int pd_conntrack_confirm(struct pd_stage *ct, struct pd_worker *w,
 	p = ct_create(c, w, ct, &k, sw, tag, rte_rdtsc(), &v);
 	if (p < 0)
 		return p;
+	pd_trace_hit(w, ct, m, PD_TRACE_FLOW_NEW, (uint32_t)p);
 	return ct_hit_one(c, w, m, p, v, sw, tf);
 }
 
@@ -562,6 +566,7 @@ int pd_conntrack_recheck(struct pd_stage *ct, struct pd_worker *w,
 	v = ct_word(&c->flows[p]);
 	if (!pd_ct_live(v.state))
 		return -ENOENT;
+	pd_trace_hit(w, ct, m, PD_TRACE_FLOW, (uint32_t)p);
 	return ct_hit_one(c, w, m, p, v, sw, tf);
 }
 

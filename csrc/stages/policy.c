@@ -555,6 +555,7 @@ static inline void pol_verdict(struct pd_stage *st, struct pd_worker *w,
 	uint32_t id;
 
 	if (res == 0) {
+		pd_trace_hit(w, st, mb, PD_TRACE_RULE, UINT32_MAX);
 		if (default_allow) {
 			w->ctr[st->ctr_extra + POL_X_DEFAULT_ALLOW]++;
 			pol_pass_new(st, w, ct, mb, PD_POLICY_TAG_DEFAULT);
@@ -565,6 +566,7 @@ static inline void pol_verdict(struct pd_stage *st, struct pd_worker *w,
 	}
 	res--;
 	id = res >> 1;
+	pd_trace_hit(w, st, mb, PD_TRACE_RULE, id);
 	if (!(res & 1) && pol_stateful_late(st, w, ct, mb))
 		return;  /* not this rule's hit: its flow was allowed */
 	row[2 * id]++;
@@ -606,6 +608,7 @@ static void policy_process(struct pd_stage *st, struct pd_worker *w,
 		}
 		if (ct && m->aux != 0) {
 			/* a flow conntrack knows: it was allowed when it began */
+			pd_trace_hit(w, st, mb, PD_TRACE_FLOW, m->aux - 1);
 			w->ctr[st->ctr_extra + POL_X_STATEFUL]++;
 			pd_emit(w, st, PD_POLICY_NEXT, mb);
 			continue;
