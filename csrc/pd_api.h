@@ -302,6 +302,13 @@ struct pd_trace_rec {
  * expression as tcpdump takes, NULL or "" for all) from the next burst on;
  * replaces a trace in progress. */
 int pd_trace_start(struct pd_pipeline *p, unsigned count, const char *filter);
+/* pd_conntrack_expire that also copies each expired flow, as it was when it
+ * was deleted, into out[] (at most max; the scan stops when out is full) and
+ * sets *n_out: the flow log's end records. */
+int pd_conntrack_expire_log(struct pd_pipeline *p, int stage, unsigned max_scan,
+			    struct pd_flow_rec *out, unsigned max,
+			    unsigned *n_out);
+
 /* Copy finished records not read before (up to max); returns how many. */
 int pd_trace_read(struct pd_pipeline *p, struct pd_trace_rec *out, unsigned max);
 /* Packets still to match (0: the trace is complete or none is running). */

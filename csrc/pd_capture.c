@@ -20,6 +20,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <rte_bpf.h>
@@ -52,6 +53,9 @@ struct pd_capture {
 	struct rte_ring *ring;
 	rte_pcapng_t *pcapng;
 	uint64_t written;
+	uint64_t base_ns;              /* wall clock at start ... */
+	uint64_t base_tsc;             /* ... and the TSC then */
+	uint64_t tsc_hz;
 	uint16_t ifidx[PD_MAX_PORTS];
 	const struct rte_eth_rxtx_callback *txcb[PD_MAX_WORKERS];
 	uint16_t n_txcb;
@@ -59,6 +63,24 @@ struct pd_capture {
 };
 
 static pthread_mutex_t cap_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/*
+ * Timestamps. rte_pcapng of 22.11 converts TSC to wall time with constants
+ * taken in a constructor, before the EAL knows the TSC rate, so its stamps
+ * land centuries off. We write the enhanced packet block's timestamp (ns,
+ * the resolution rte_pcapng declares) ourselves from our own base.
+ */
+static inline void cap_stamp(const struct pd_capture *c, struct rte_mbuf *m,
+			     uint64_t tsc)
+{
+	uint32_t *epb = rte_pktmbuf_mtod(m, uint32_t *);
+	uint64_t ns = c->base_ns + (uint64_t)((unsigned __int128)(tsc - c->base_tsc)
+					      * 1000000000u / c->tsc_hz);
+
+	/* block type, length, interface id, timestamp high, timestamp low */
+	epb[3] = (uint32_t)(ns >> 32);
+	epb[4] = (uint32_t)ns;
+}
 static unsigned cap_seq;
 
 /* Worker: copy the matching packets of one burst. port_idx < 0: the
@@ -82,18 +104,24 @@ static void cap_copy(struct pd_pipeline *p, struct pd_capture *c, unsigned slot,
 
 		if (!rc[i])
 			continue;
-		if (c->counted &&
-		    __atomic_fetch_sub(&c->remaining, 1, __ATOMIC_RELAXED) <= 0) {
-			__atomic_store_n(&c->active, 0, __ATOMIC_RELAXED);
-			__atomic_fetch_and(&p->obs_armed, ~PD_OBS_CAPTURE,
-					   __ATOMIC_RELAXED);
-			break;
+		if (c->counted) {
+			int64_t r = __atomic_fetch_sub(&c->remaining, 1,
+						       __ATOMIC_RELAXED);
+
+			if (r <= 0)
+				break;
+			if (r == 1) {
+				/* the last one: back to the plain loop after it */
+				__atomic_store_n(&c->active, 0, __ATOMIC_RELAXED);
+				__atomic_fetch_and(&p->obs_armed, ~PD_OBS_CAPTURE,
+						   __ATOMIC_RELAXED);
+			}
 		}
 		ifp = port_idx >= 0 ? (unsigned)port_idx : pd_meta(pkts[i])->in_port;
 		cp[k] = rte_pcapng_copy(c->ifidx[ifp < PD_MAX_PORTS ? ifp : 0],
 					queue, pkts[i], c->mp, c->snaplen, now, dir);
 		if (cp[k])
-			k++;
+			cap_stamp(c, cp[k++], now);
 		else
 			c->wctr[slot].dropped++;
 	}
@@ -233,6 +261,14 @@ int pd_capture_start(struct pd_pipeline *p, const char *path, int port,
 	c->counted = count > 0;
 	c->remaining = count;
 	c->snaplen = snaplen ? snaplen : CAP_DEFAULT_SNAP;
+	{
+		struct timespec ts;
+
+		clock_gettime(CLOCK_REALTIME, &ts);
+		c->base_tsc = rte_get_tsc_cycles();
+		c->base_ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+		c->tsc_hz = rte_get_tsc_hz() ? rte_get_tsc_hz() : 1;
+	}
 	if ((rc = pd_bpf_compile(filter, &c->bpf)) < 0)
 		goto fail;
 	seq = __atomic_fetch_add(&cap_seq, 1, __ATOMIC_RELAXED);

@@ -168,11 +168,13 @@ def _run_loop(dp: Any, duration: float | None, until_idle: bool, idle: float,
               help="Address for --metrics (loopback unless you say otherwise).")
 @click.option("--stage-cycles", is_flag=True,
               help="Count TSC cycles per stage from the start (see pydp stats --stages).")
+@click.option("--flow-log", default=None, metavar="FILE",
+              help="Append a JSON line per flow start and end (conntrack stages) to FILE.")
 def run(pipeline_file: str, port_specs: tuple[str, ...], lcores: str | None,
         duration: float | None, until_idle: bool, idle: float, as_json: bool,
         generate: tuple[str, ...], rate: float, count: int, interval: float,
         no_huge: bool, control: str | None, no_control: bool, metrics_port: int | None,
-        metrics_addr: str, stage_cycles: bool) -> None:
+        metrics_addr: str, stage_cycles: bool, flow_log: str | None) -> None:
     """Run PIPELINE.yaml on NIC or virtual ports until Ctrl-C, --duration or --until-idle."""
     from .pipeline import Pipeline
     pl = Pipeline.load(pipeline_file)
@@ -192,13 +194,16 @@ def run(pipeline_file: str, port_specs: tuple[str, ...], lcores: str | None,
                           f"(ports: {', '.join(pl.ports)})", key="port")
     if duration is not None and duration <= 0:
         raise ConfigError("--duration must be positive", key="duration")
+    if flow_log and not any(st.TYPE == "conntrack" for st in pl.stages):
+        raise ConfigError(f"--flow-log: {pipeline_file} has no conntrack stage (flows are "
+                          "what it logs)", key="flow-log")
     _need_root()
     eal_lcores, workers = _parse_lcores(lcores)
     _start_eal(eal_lcores, no_huge, ports)
     _execute(pl, ports, workers, duration, until_idle, idle, as_json, generate, rate, count,
              interval, None if no_control else (control or ""),
              None if metrics_port is None else (metrics_addr, metrics_port),
-             stage_cycles=stage_cycles)
+             stage_cycles=stage_cycles, flow_log=flow_log)
 
 
 def serve_dataplane(dp: Any, ports: dict[str, str], path: str | None) -> Any:
@@ -233,7 +238,9 @@ def serve_dataplane(dp: Any, ports: dict[str, str], path: str | None) -> Any:
         srv.register("flows", flows_cmd)
     if any(st.TYPE == "policy" for st in dp.pipeline.stages):
         from .policy.service import PolicyService
-        PolicyService(dp).register(srv)
+        dp.services.setdefault("policy", PolicyService(dp)).register(srv)
+    from .obs_service import ObsService
+    ObsService(dp).register(srv)
     srv.start()
     return srv
 
@@ -242,11 +249,12 @@ def _execute(pl: Any, ports: dict[str, str], workers: list[int] | None,
              duration: float | None, until_idle: bool, idle: float, as_json: bool,
              generate: tuple[str, ...], rate: float, count: int, interval: float,
              control: str | None = None, metrics: tuple[str, int] | None = None,
-             stage_cycles: bool = False) -> None:
+             stage_cycles: bool = False, flow_log: str | None = None) -> None:
     from contextlib import nullcontext
 
     from . import eal
     from .demo import demo_source
+    from .flowlog import FlowLog
     from .metrics import MetricsServer
     from .runtime import Dataplane
     out = sys.stderr if as_json else sys.stdout
@@ -255,10 +263,14 @@ def _execute(pl: Any, ports: dict[str, str], workers: list[int] | None,
     with Dataplane(pl, ports, workers=workers or 1, sources=sources) as dp, \
             (serve_dataplane(dp, ports, control) if control is not None
              else nullcontext()) as srv, \
-            (MetricsServer(dp.stats, metrics[1], metrics[0], pl.name) if metrics
-             else nullcontext()) as ms:
+            (MetricsServer(dp.stats, metrics[1], metrics[0], pl.name, dp=dp) if metrics
+             else nullcontext()) as ms, \
+            (FlowLog(dp, flow_log) if any(st.TYPE == "conntrack" for st in pl.stages)
+             else nullcontext()) as flog:
         if ms:
             ms.start()
+        if flog:
+            flog.start()  # ages the flow tables; logs flows with --flow-log
         if stage_cycles:
             dp.set_stage_cycles(True)
         click.echo(f"pydp: pipeline '{pl.name}' on lcores {dp.lcores}, memory: "
@@ -587,6 +599,10 @@ def testbed_down(name: str) -> None:
     tb.down(name)
     click.echo(f"testbed {name}: down")
 
+
+from .cli_obs import register as _register_obs  # noqa: E402 - after main exists
+
+_register_obs(main)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

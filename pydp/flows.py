@@ -140,7 +140,7 @@ def records(recs: np.ndarray, addr: str | None = None, port: int | None = None,
                     "packets_reply": int(r["packets_reply"]),
                     "bytes_orig": int(r["bytes_orig"]), "bytes_reply": int(r["bytes_reply"]),
                     "age_ms": int(r["age_ms"]), "idle_ms": int(r["idle_ms"]),
-                    "tag": int(r["tag"])})
+                    "tag": int(r["tag"]), "index": int(r["index"])})
         if limit and len(out) >= limit:
             break
     return out

@@ -77,6 +77,9 @@ class Dataplane:
         self._pool: Pool | None = None
         self._cp: Any = None
         self._closed = False
+        #: control-side services of this dataplane by feature ("policy", ...), for
+        #: the control socket, metrics providers and the flow log to share
+        self.services: dict[str, Any] = {}
         self._t_start = 0.0
         self._t_run = 0.0
         try:

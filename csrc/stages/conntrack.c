@@ -772,9 +772,22 @@ static void ct_reclaim(struct pd_ct *c)
 		rte_rcu_qsbr_dq_reclaim(c->dq, UINT32_MAX, NULL, NULL, NULL);
 }
 
+static void ct_rec_fill(const struct pd_flow *f, uint32_t i,
+			union pd_flow_word v, uint64_t now, uint64_t hz,
+			struct pd_flow_rec *r);
+
 int pd_conntrack_expire(struct pd_pipeline *p, int stage, unsigned max_scan)
 {
+	return pd_conntrack_expire_log(p, stage, max_scan, NULL, 0, NULL);
+}
+
+int pd_conntrack_expire_log(struct pd_pipeline *p, int stage, unsigned max_scan,
+			    struct pd_flow_rec *out, unsigned max,
+			    unsigned *n_out)
+{
 	struct pd_ct *c = ct_get(p, stage, true);
+	uint64_t hz = rte_get_tsc_hz();
+	unsigned n_rec = 0;
 	uint64_t now;
 	unsigned k, n;
 	int rc, expired = 0;
@@ -821,8 +834,13 @@ int pd_conntrack_expire(struct pd_pipeline *p, int stage, unsigned max_scan)
 				"returned %d\n", i, ret);
 			continue;
 		}
+		/* the flow log's end record: the flow as it was deleted */
+		if (out && n_rec < max)
+			ct_rec_fill(f, i, v, now, hz, &out[n_rec++]);
 		ct_defer(p, c, i);
 		expired++;
+		if (out && n_rec >= max)
+			break;       /* the caller's buffer is full: next call */
 	}
 	/* One grace period, as pd_rcu_swap waits: when this returns, every
 	 * slot freed here can take a new flow. Only this thread waits (about
@@ -834,7 +852,34 @@ int pd_conntrack_expire(struct pd_pipeline *p, int stage, unsigned max_scan)
 	rc = expired;
 out:
 	pthread_mutex_unlock(&c->ctl);
+	if (n_out)
+		*n_out = n_rec;
 	return rc;
+}
+
+static void ct_rec_fill(const struct pd_flow *f, uint32_t i,
+			union pd_flow_word v, uint64_t now, uint64_t hz,
+			struct pd_flow_rec *r)
+{
+	uint64_t first = f->first_tsc;
+	uint64_t last = __atomic_load_n(&f->last_tsc, __ATOMIC_RELAXED);
+
+	r->family = f->family;
+	r->proto = f->proto;
+	r->state = v.state;
+	r->pad = 0;
+	r->sport = rte_be_to_cpu_16(f->sport);
+	r->dport = rte_be_to_cpu_16(f->dport);
+	memcpy(r->src, f->src, 16);
+	memcpy(r->dst, f->dst, 16);
+	r->tag = v.tag;
+	r->index = i;
+	r->packets_orig = __atomic_load_n(&f->packets[0], __ATOMIC_RELAXED);
+	r->packets_reply = __atomic_load_n(&f->packets[1], __ATOMIC_RELAXED);
+	r->bytes_orig = __atomic_load_n(&f->bytes[0], __ATOMIC_RELAXED);
+	r->bytes_reply = __atomic_load_n(&f->bytes[1], __ATOMIC_RELAXED);
+	r->age_ms = now > first ? ct_tsc_to_ms(now - first, hz) : 0;
+	r->idle_ms = now > last ? ct_tsc_to_ms(now - last, hz) : 0;
 }
 
 int pd_conntrack_dump(struct pd_pipeline *p, int stage, struct pd_flow_rec *out,

@@ -1,0 +1,208 @@
+"""Flow log: JSON lines of flow start and end, and the control thread's flow ageing.
+
+``pydp run ... --flow-log FILE`` writes one JSON object per line::
+
+    {"event": "start", "time": 1764620000.12, "stage": "flows", "flow": 17,
+     "proto": "tcp", "src": "198.51.100.7", "sport": 40000, "dst": "10.0.1.5",
+     "dport": 443, "verdict": "allow", "rule": "internet-to-web",
+     "src_identity": null, "dst_identity": {"name": "web", "labels": {...}}, ...}
+    {"event": "end", ..., "reason": "idle", "duration_ms": 30012,
+     "packets": {"orig": 12, "reply": 10}, "bytes": {"orig": 1400, "reply": 9000}}
+
+It runs on the control thread, never in a worker: ends come from the expiry
+scan itself (``pd_conntrack_expire_log`` hands over each flow as it was
+deleted, with its final counters), starts from a scan of the table
+(``pd_conntrack_dump``) each tick; a flow that began and ended between two
+ticks gets its start line with its end. The ``verdict`` is what let the flow
+exist: the policy rule that allowed it (the flow's tag), ``allow`` by default,
+or ``tracked`` for a conntrack stage without a policy. Identities come from
+the policy model (address -> identity name and labels) of the policy stage
+that confirms the flows, when one is loaded.
+
+:class:`FlowLog` also does the ageing ``pydp run`` needs for every
+conntrack stage (:func:`pydp.flows.expire` every ``interval``), with or
+without a log file.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import threading
+import time
+from typing import TYPE_CHECKING, Any, TextIO
+
+import numpy as np
+
+from . import flows as fl
+from ._core import check, ffi, lib
+
+if TYPE_CHECKING:
+    from .runtime import Dataplane
+
+PROTOS = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp"}
+TAG_DEFAULT = 0xFFFFFFFF
+_BATCH = 4096
+
+
+def _policy_for(dp: Dataplane, ct_stage: str) -> tuple[str | None, Any]:
+    """The policy stage confirming ``ct_stage``'s flows and its live policy (or None)."""
+    for st in dp.pipeline.stages:
+        if st.TYPE == "policy" and getattr(st, "conntrack", None) == ct_stage:
+            svc = getattr(dp, "services", {}).get("policy")
+            if svc is not None and st.name in svc.current:
+                return st.name, svc.current[st.name]
+            path = st.policy_path()
+            if path:
+                from .policy.model import Policy
+                return st.name, Policy.load(path)
+            return st.name, None
+    return None, None
+
+
+class _Identities:
+    """Address -> (identity name, labels), longest prefix first."""
+
+    def __init__(self, policy: Any) -> None:
+        self.nets: list[tuple[Any, dict[str, Any]]] = []
+        for ident in (policy.identities if policy is not None else []):
+            for net in ident.addresses:
+                self.nets.append((net, {"name": ident.name, "labels": dict(ident.labels)}))
+        self.nets.sort(key=lambda x: -x[0].prefixlen)
+
+    def of(self, addr: str) -> dict[str, Any] | None:
+        a = ipaddress.ip_address(addr)
+        for net, ident in self.nets:
+            if a.version == net.version and a in net:
+                return ident
+        return None
+
+
+class FlowLog:
+    """Ages every conntrack stage of a dataplane and writes its flow log (optional)."""
+
+    def __init__(self, dp: Dataplane, path: str | None = None, interval: float = 1.0) -> None:
+        """``path``: the JSON-lines file (None: age only). ``interval``: seconds per tick."""
+        self.dp = dp
+        self.path = path
+        self.interval = interval
+        self.stages = [s.name for s in dp.pipeline.stages if s.TYPE == "conntrack"]
+        self._out: TextIO | None = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115
+        self._seen: dict[str, dict[tuple, dict[str, Any]]] = {s: {} for s in self.stages}
+        self._halt = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.counts = {"start": 0, "end": 0, "expired": 0}
+        self._buf = np.zeros(_BATCH, dtype=fl.FLOW_DTYPE)
+
+    # -- one tick ----------------------------------------------------------------------
+    def _context(self, stage: str) -> tuple[Any, _Identities]:
+        _, pol = _policy_for(self.dp, stage)
+        return pol, _Identities(pol)
+
+    def _doc(self, stage: str, r: dict[str, Any], pol: Any, ids: _Identities) -> dict[str, Any]:
+        tag = r["tag"]
+        if pol is None and not any(s.TYPE == "policy" for s in self.dp.pipeline.stages):
+            verdict, rule = "tracked", None
+        elif tag == TAG_DEFAULT or pol is None or tag >= len(pol.rules):
+            verdict, rule = "allow", "(default allow)" if pol is not None else None
+        else:
+            verdict, rule = "allow", pol.rules[tag].name
+        return {"stage": stage, "flow": r["index"], "proto": PROTOS.get(r["proto"], r["proto"]),
+                "src": r["src"], "sport": r["sport"], "dst": r["dst"], "dport": r["dport"],
+                "verdict": verdict, "rule": rule,
+                "src_identity": ids.of(r["src"]), "dst_identity": ids.of(r["dst"])}
+
+    @staticmethod
+    def _key(r: dict[str, Any]) -> tuple:
+        return (r["index"], r["proto"], r["src"], r["sport"], r["dst"], r["dport"])
+
+    def _emit(self, doc: dict[str, Any]) -> None:
+        self.counts[doc["event"]] += 1
+        if self._out is not None:
+            self._out.write(json.dumps(doc) + "\n")
+
+    def _end_doc(self, stage: str, r: dict[str, Any], pol: Any, ids: _Identities,
+                 reason: str, now: float) -> None:
+        key = self._key(r)
+        start = self._seen[stage].pop(key, None)
+        if start is None:  # began and ended between two ticks
+            start = {"event": "start", "time": round(now - r["age_ms"] / 1000, 3),
+                     **self._doc(stage, r, pol, ids)}
+            self._emit(start)
+        self._emit({**start, "event": "end", "time": round(now, 3), "reason": reason,
+                    "state": r["state"], "duration_ms": r["age_ms"],
+                    "packets": {"orig": r["packets_orig"], "reply": r["packets_reply"]},
+                    "bytes": {"orig": r["bytes_orig"], "reply": r["bytes_reply"]}})
+
+    def tick(self) -> None:
+        """Log new flows, expire idle ones (logging their end). Control thread."""
+        with self._lock:
+            for stage in self.stages:
+                idx = self.dp.stage_index[stage]
+                pol, ids = self._context(stage)
+                now = time.time()
+                if self._out is not None:
+                    live = fl.records(fl.flows(self.dp, stage))
+                    for r in live:
+                        key = self._key(r)
+                        if key not in self._seen[stage]:
+                            doc = {"event": "start",
+                                   "time": round(now - r["age_ms"] / 1000, 3),
+                                   **self._doc(stage, r, pol, ids)}
+                            self._seen[stage][key] = doc
+                            self._emit(doc)
+                n_out = ffi.new("unsigned *")
+                while True:
+                    n = check(lib.pd_conntrack_expire_log(
+                        self.dp._cp, idx, 0,
+                        ffi.from_buffer("struct pd_flow_rec[]", self._buf) if self._out
+                        else ffi.NULL, _BATCH if self._out else 0, n_out))
+                    self.counts["expired"] += n
+                    if self._out is not None:
+                        for r in fl.records(self._buf[:n_out[0]]):
+                            self._end_doc(stage, r, pol, ids, "idle", now)
+                    if self._out is None or n_out[0] < _BATCH:
+                        break
+            if self._out is not None:
+                self._out.flush()
+
+    def finish(self) -> None:
+        """Log an end line (reason ``stop``) for every flow still live; close the file."""
+        with self._lock:
+            if self._out is None:
+                return
+            now = time.time()
+            for stage in self.stages:
+                pol, ids = self._context(stage)
+                for r in fl.records(fl.flows(self.dp, stage)):
+                    self._end_doc(stage, r, pol, ids, "stop", now)
+            self._out.close()
+            self._out = None
+
+    # -- background ----------------------------------------------------------------------
+    def start(self) -> None:
+        """Tick every ``interval`` s in a daemon thread."""
+        self._thread = threading.Thread(target=self._run, name="pydp-flowlog", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._halt.wait(self.interval):
+            if self.dp._cp is None:
+                return
+            self.tick()
+
+    def close(self) -> None:
+        """Stop ticking (one last tick), log the flows still live, close the file."""
+        self._halt.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self.dp._cp is not None:
+            self.tick()
+            self.finish()
+
+    def __enter__(self) -> FlowLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
