@@ -68,8 +68,10 @@ class TraceEvent:
             return f"  -> copy to {self.to}"
         if self.kind == "held":
             return "  -> held by the stage (no verdict in this burst)"
-        ident = "default" if self.table == "rule" and self.id == DEFAULT_RULE else str(self.id)
-        return f"  hit {self.table} {ident}" + (f" ({self.name})" if self.name else "")
+        default = self.table == "rule" and self.id == DEFAULT_RULE
+        if self.name:
+            return f"  hit {self.table} {self.name}" + ("" if default else f" (id {self.id})")
+        return f"  hit {self.table} {'(default)' if default else self.id}"
 
 
 @dataclass
