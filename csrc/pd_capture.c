@@ -233,8 +233,7 @@ int pd_capture_start(struct pd_pipeline *p, const char *path, int port,
 	int fd, rc;
 
 #ifdef PD_NO_OBS
-	return PD_ERR(ENOTSUP, "pipeline '%s': built without capture "
-		      "(-Dobs=false)", p->name);
+	return PD_ERR(ENOTSUP, "this pydp is built without capture (-Dobs=false)");
 #endif
 	if (!p->built)
 		return PD_ERR(EINVAL, "pipeline '%s' is not built", p->name);

@@ -249,8 +249,16 @@ void pd_trace_hit_slow(struct pd_worker *w, struct pd_stage *st, unsigned kind,
 static inline void pd_trace_hit(struct pd_worker *w, struct pd_stage *st,
 				struct rte_mbuf *m, unsigned kind, uint32_t id)
 {
+#ifndef PD_NO_OBS
 	if (unlikely(w->trace_cur != NULL) && w->trace_m == m)
 		pd_trace_hit_slow(w, st, kind, id);
+#else
+	RTE_SET_USED(w);
+	RTE_SET_USED(st);
+	RTE_SET_USED(m);
+	RTE_SET_USED(kind);
+	RTE_SET_USED(id);
+#endif
 }
 
 /* pd_capture.c: the capture side of pd_obs_burst: what port `port_idx`

@@ -367,10 +367,10 @@ int pd_trace_start(struct pd_pipeline *p, unsigned count, const char *filter)
 	int rc;
 
 #ifdef PD_NO_OBS
+	(void)p;
 	(void)count;
 	(void)filter;
-	return PD_ERR(ENOTSUP, "pipeline '%s': built without trace (-Dobs=false)",
-		      p->name);
+	return PD_ERR(ENOTSUP, "this pydp is built without trace (-Dobs=false)");
 #endif
 	if (!p->built)
 		return PD_ERR(EINVAL, "pipeline '%s' is not built", p->name);
