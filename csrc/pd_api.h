@@ -315,6 +315,11 @@ int pd_trace_read(struct pd_pipeline *p, struct pd_trace_rec *out, unsigned max)
 int pd_trace_remaining(struct pd_pipeline *p);
 /* Disarm and free the trace (unread records are lost). */
 int pd_trace_stop(struct pd_pipeline *p);
+/* The PD_OBS_* bits the worker loop sees (0: trace and capture cost one
+ * branch per burst); a used-up count clears its bit. */
+#define PD_OBS_TRACE 1
+#define PD_OBS_CAPTURE 2
+int pd_obs_armed(const struct pd_pipeline *p);
 /* 0 if `filter` compiles, else -EINVAL with the compiler's message. */
 int pd_filter_check(const char *filter);
 

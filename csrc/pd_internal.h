@@ -159,8 +159,7 @@ struct pd_pipeline {
 	struct pd_capture *cap;
 };
 
-#define PD_OBS_TRACE 0x1
-#define PD_OBS_CAPTURE 0x2
+/* PD_OBS_TRACE, PD_OBS_CAPTURE: pd_api.h */
 
 /* ---- fast-path helpers used by every stage ----------------------------- */
 

@@ -454,6 +454,11 @@ int pd_trace_stop(struct pd_pipeline *p)
 	return 0;
 }
 
+int pd_obs_armed(const struct pd_pipeline *p)
+{
+	return __atomic_load_n(&p->obs_armed, __ATOMIC_RELAXED);
+}
+
 void pd_obs_free(struct pd_pipeline *p)
 {
 	pd_trace_stop(p);

@@ -87,6 +87,8 @@ class Capture:
         self._poll = poll
         self._thread = threading.Thread(target=self._drain, name="pydp-capture", daemon=True)
         self._thread.start()
+        # closing the dataplane stops this capture first (no poll on a freed pipeline)
+        dp.services.setdefault("on_close", []).append(self.stop)
 
     def _drain(self) -> None:
         while not self._halt.wait(self._poll):

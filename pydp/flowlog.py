@@ -94,6 +94,9 @@ class FlowLog:
         self._thread: threading.Thread | None = None
         self.counts = {"start": 0, "end": 0, "expired": 0}
         self._buf = np.zeros(_BATCH, dtype=fl.FLOW_DTYPE)
+        self._closed = False
+        # closing the dataplane closes the log first, while the tables still exist
+        dp.services.setdefault("on_close", []).append(self.close)
 
     # -- one tick ----------------------------------------------------------------------
     def _context(self, stage: str) -> tuple[Any, _Identities]:
@@ -194,6 +197,9 @@ class FlowLog:
 
     def close(self) -> None:
         """Stop ticking (one last tick), log the flows still live, close the file."""
+        if self._closed:
+            return
+        self._closed = True
         self._halt.set()
         if self._thread is not None:
             self._thread.join(timeout=5)

@@ -196,6 +196,8 @@ class Dataplane:
         if self._closed:
             return
         self._closed = True
+        for fn in reversed(self.services.pop("on_close", [])):
+            fn()  # e.g. a running capture stops its drain thread first
         self.stop()
         if self._cp is not None:
             self._ctr = None

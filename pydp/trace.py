@@ -200,12 +200,19 @@ def start(dp: Dataplane, count: int, filter: str | None = None) -> None:  # noqa
     check(lib.pd_trace_start(dp._cp, count, filter.encode() if filter else ffi.NULL))
 
 
-def read(dp: Dataplane, rule_name: Callable[[str, int], str] | None = None,
-         max_records: int = MAX_COUNT) -> list[TraceRecord]:
+_READ_BATCH = 64
+
+
+def read(dp: Dataplane, rule_name: Callable[[str, int], str] | None = None
+         ) -> list[TraceRecord]:
     """The records finished since the last read, in match order."""
-    buf = ffi.new("struct pd_trace_rec[]", max_records)
-    n = check(lib.pd_trace_read(dp._cp, buf, max_records))
-    return sorted((_decode(dp, buf[i], rule_name) for i in range(n)), key=lambda r: r.seq)
+    buf = ffi.new("struct pd_trace_rec[]", _READ_BATCH)
+    out: list[TraceRecord] = []
+    while True:
+        n = check(lib.pd_trace_read(dp._cp, buf, _READ_BATCH))
+        out.extend(_decode(dp, buf[i], rule_name) for i in range(n))
+        if n < _READ_BATCH:
+            return sorted(out, key=lambda r: r.seq)
 
 
 def remaining(dp: Dataplane) -> int:

@@ -12,6 +12,7 @@ from scapy.utils import rdpcap
 from test_stages import eth, pid, tag
 
 from pydp import Busy, Dataplane, InvalidArgument, NotFound, Pipeline
+from pydp._core import lib
 from pydp.capture import Capture
 
 TSHARK = shutil.which("tshark")
@@ -42,6 +43,8 @@ def test_capture_port_rx_and_tx_read_by_tshark(ring_name, tmp_path):
             dp.port("in").inject(sent)
             out = dp.port("out").capture(count=5)
             assert cap_out.wait(10)
+            # the count is used up: the worker loop is back on its plain path
+            assert lib.pd_obs_armed(dp._cp) == 0
         with Capture(dp, tmp_path / "in.pcapng", port="in") as cap_in:
             dp.port("in").inject(sent)
             dp.port("out").capture(count=5)

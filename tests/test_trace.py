@@ -148,3 +148,39 @@ def test_trace_bad_filter_and_count(ring_name):
         dp.start()
         assert dp.trace(3, "udp", timeout=0.3) == []
         dp.stop()
+
+
+def test_trace_mirror_copy_two_workers_and_disarm(ring_name):
+    from pydp._core import lib
+    from pydp.stages import Forward, Mirror, Parse
+    pl = Pipeline("m", ports=["in", "out", "tap"], inputs={"in": "parse"},
+                  stages=[Parse("parse", next="mir"), Mirror("mir", port="tap", next="fwd"),
+                          Forward("fwd", port="out", keep_src_mac=True)])
+    pkts = [eth() / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=1000 + i) / tag(i)
+            for i in range(8)]
+    with Dataplane(pl, ports={"in": ring_name(2), "out": ring_name(2), "tap": ring_name(2)},
+                   workers=2) as dp:
+        dp.start()
+        tr.start(dp, 6)
+        assert lib.pd_obs_armed(dp._cp) == lib.PD_OBS_TRACE
+        dp.port("in").inject(pkts[:4], queue=0)  # worker 0
+        dp.port("in").inject(pkts[4:], queue=1)  # worker 1
+        out = dp.port("out").capture(count=8)
+        dp.port("tap").capture(count=8)
+        deadline = time.monotonic() + 10
+        recs: list[tr.TraceRecord] = []
+        while len(recs) < 6 and time.monotonic() < deadline:
+            recs += tr.read(dp)
+            time.sleep(0.01)
+        # the count is used up: the workers are back on the plain loop
+        assert tr.remaining(dp) == 0 and lib.pd_obs_armed(dp._cp) == 0
+        tr.stop(dp)
+        dp.stop()
+        assert dp.stats().balanced() and dp.pool.in_use() == 0
+    assert len(out) == 8 and len(recs) == 6
+    assert {r.worker for r in recs} == {0, 1}
+    assert len({pid(r.packet) for r in recs}) == 6
+    for r in recs:
+        assert r.stages == ["parse", "mir", "fwd"] and r.verdict == "tx out"
+        kinds = [(e.kind, e.to) for e in r.events if e.stage == "mir"]
+        assert ("copy", "port tap") in kinds and ("emit", "fwd") in kinds
