@@ -328,7 +328,7 @@ struct pd_capture_info {
 	uint64_t dropped;       /* copies lost: capture ring full or pool empty */
 	uint64_t remaining;     /* packets still to capture (count given) */
 	int32_t active;         /* 1 while workers still copy */
-	int32_t pad;
+	int32_t leaked;         /* after stop: copies not back in the capture pool (0) */
 };
 /* Capture to `path` (pcapng) what pipeline port `port` receives and sends
  * (stage -1), or what enters stage `stage` (port -1); count 0: until

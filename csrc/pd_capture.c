@@ -41,6 +41,15 @@ struct cap_wctr {
 	uint64_t dropped;
 } __rte_cache_aligned;
 
+struct pd_capture;
+
+/* what the tx callback gets: lives in the capture, freed after the grace
+ * period that follows the callbacks' removal */
+struct cap_cb_arg {
+	struct pd_pipeline *p;
+	struct pd_capture *c;
+};
+
 struct pd_capture {
 	int16_t port;                  /* pipeline port index, or -1 */
 	int16_t stage;                 /* stage index, or -1 */
@@ -59,6 +68,7 @@ struct pd_capture {
 	uint16_t ifidx[PD_MAX_PORTS];
 	const struct rte_eth_rxtx_callback *txcb[PD_MAX_WORKERS];
 	uint16_t n_txcb;
+	struct cap_cb_arg cb;
 	struct cap_wctr wctr[PD_MAX_WORKERS];
 };
 
@@ -154,12 +164,6 @@ void pd_capture_stage(struct pd_worker *w, unsigned stage,
 			 RTE_PCAPNG_DIRECTION_UNKNOWN);
 }
 
-struct cap_cb_arg {
-	struct pd_pipeline *p;
-	struct pd_capture *c;
-};
-
-static struct cap_cb_arg cap_cb_args[PD_MAX_PORTS * 4];
 
 /* ethdev tx callback: runs in rte_eth_tx_burst on the worker that owns
  * tx queue `queue` (= its slot) */
@@ -315,7 +319,7 @@ int pd_capture_start(struct pd_pipeline *p, const char *path, int port,
 	}
 	c->active = 1;
 	if (port >= 0) {
-		struct cap_cb_arg *a = &cap_cb_args[port % RTE_DIM(cap_cb_args)];
+		struct cap_cb_arg *a = &c->cb;
 
 		a->p = p;
 		a->c = c;
@@ -390,6 +394,8 @@ int pd_capture_stop(struct pd_pipeline *p, struct pd_capture_info *info)
 	cap_drain(c);
 	cap_info(c, p->n_workers, &ci);
 	ci.active = 0;
+	/* every copy written and freed, or freed when lost: the pool is full */
+	ci.leaked = (int32_t)(CAP_POOL - rte_mempool_avail_count(c->mp));
 	rte_pcapng_write_stats(c->pcapng, c->port >= 0 ? c->ifidx[c->port] : 0,
 			       "pydp capture", 0, 0, ci.written + ci.dropped,
 			       ci.dropped);

@@ -35,6 +35,7 @@ class CaptureInfo:
     dropped: int        # copies lost (capture ring full, pool empty)
     remaining: int      # of the count, still to capture (0 without a count)
     active: bool        # workers still copy
+    leaked: int = 0     # after stop: copies not back in the capture pool (always 0)
 
     def to_dict(self) -> dict[str, Any]:
         """As a JSON-able dict."""
@@ -42,7 +43,8 @@ class CaptureInfo:
 
 
 def _info(ci: Any) -> CaptureInfo:
-    return CaptureInfo(int(ci.written), int(ci.dropped), int(ci.remaining), bool(ci.active))
+    return CaptureInfo(int(ci.written), int(ci.dropped), int(ci.remaining), bool(ci.active),
+                       int(ci.leaked))
 
 
 class Capture:

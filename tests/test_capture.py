@@ -52,6 +52,7 @@ def test_capture_port_rx_and_tx_read_by_tshark(ring_name, tmp_path):
         dp.stop()
         assert dp.stats().balanced() and dp.pool.in_use() == 0
     assert cap_out.info.written == 5 and cap_out.info.dropped == 0
+    assert cap_out.info.leaked == 0 and cap_in.info.leaked == 0  # every copy came back
     assert cap_in.info.written == 6 and cap_in.info.dropped == 0
     # tshark reads both; the tx side holds exactly what left the port, in order
     rows = tshark(str(tmp_path / "out.pcapng"), "frame.len", "udp.srcport")
@@ -102,7 +103,7 @@ def test_capture_ring_full_counts_copies_and_loses_no_packet(ring_name, tmp_path
         st = dp.stats()
         assert st.balanced() and dp.pool.in_use() == 0
     assert len(out) == n and [pid(p) for p in out] == list(range(n))
-    assert info.dropped > 0 and info.written + info.dropped == n
+    assert info.dropped > 0 and info.written + info.dropped == n and info.leaked == 0
     assert len(rdpcap(str(tmp_path / "full.pcapng"))) == info.written
 
 
