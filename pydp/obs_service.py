@@ -17,6 +17,7 @@ from typing import Any
 from . import trace as tr
 from .capture import Capture
 from .errors import InvalidArgument, NotFound
+from .metrics import Metric, register_provider
 
 
 def rule_namer(dp: Any) -> Any:
@@ -40,6 +41,7 @@ class ObsService:
         self.dp = dp
         self.capture: Capture | None = None
         self.tracing = False
+        self.captured = {"written": 0, "dropped": 0}  # finished captures, summed
 
     # -- trace ---------------------------------------------------------------------------
     def trace_start(self, count: int = 10, filter: str | None = None) -> dict:  # noqa: A002
@@ -96,6 +98,8 @@ class ObsService:
         cap = self._cap()
         info = cap.stop()
         self.capture = None
+        self.captured["written"] += info.written
+        self.captured["dropped"] += info.dropped
         return {"path": cap.path, **info.to_dict()}
 
     # -- top -----------------------------------------------------------------------------
@@ -129,3 +133,23 @@ class ObsService:
         server.register("capture.status", self.capture_status)
         server.register("capture.stop", self.capture_stop)
         server.register("top", self.top)
+
+
+def obs_metrics(dp: Any) -> Any:
+    """Capture totals (packets written, copies lost) and whether a trace waits."""
+    svc = dp.services.get("obs")
+    if svc is None:
+        return
+    tot = dict(svc.captured)
+    if svc.capture is not None and not svc.capture._stopped:
+        tot["written"] += svc.capture.info.written
+        tot["dropped"] += svc.capture.info.dropped
+    yield Metric("pydp_capture_packets_total", "Packets written by pydp capture.", {},
+                 tot["written"])
+    yield Metric("pydp_capture_dropped_total", "Capture copies lost (ring full, pool empty); "
+                 "the packets themselves were not.", {}, tot["dropped"])
+    yield Metric("pydp_trace_remaining", "Packets the armed trace still waits for.", {},
+                 tr.remaining(dp) if svc.tracing else 0, "gauge")
+
+
+register_provider("obs", obs_metrics)

@@ -127,6 +127,10 @@ def test_metrics_policy_rule_provider(running):
             if s.name.endswith("_total")}
     assert rule["lab-to-web"] > 0
     assert "pydp_port_rx_missed" in fams and "pydp_port_errors" in fams
+    # the obs provider: what the capture test above wrote (20 + 5 packets)
+    cap = {s.name: s.value for s in fams["pydp_capture_packets"].samples}
+    assert cap["pydp_capture_packets_total"] == (25 if shutil.which("tshark") else 0)
+    assert fams["pydp_trace_remaining"].samples[0].value == 0
 
 
 def test_flow_log_written_on_stop(running):
