@@ -90,14 +90,14 @@ def test_capture_stage_with_filter(ring_name, tmp_path):
 def test_capture_ring_full_counts_copies_and_loses_no_packet(ring_name, tmp_path):
     pl = Pipeline.load(PIPELINES / "forward.yaml")
     n = 6000
-    sent = packets(n)
+    sent = [bytes(p) for p in packets(n)]
     with Dataplane(pl, ports={"in": ring_name(), "out": ring_name()}) as dp:
         dp.start()
         # nothing drains for 60 s: the 4096-slot capture ring fills up
         cap = Capture(dp, tmp_path / "full.pcapng", port="out", poll=60)
         for i in range(0, n, 500):
             dp.port("in").inject(sent[i:i + 500])
-        out = dp.port("out").capture(count=n, timeout=30)
+        out = dp.port("out").capture(count=n, timeout=30, raw=True)
         info = cap.stop()
         dp.stop()
         st = dp.stats()
