@@ -78,6 +78,22 @@ class _Identities:
         return None
 
 
+def _flow_hash(recs: np.ndarray) -> np.ndarray:
+    """A non-zero 64-bit hash of each flow record's 5-tuple (vectorised)."""
+    src = np.ascontiguousarray(recs["src"]).view(np.uint64).reshape(-1, 2)
+    dst = np.ascontiguousarray(recs["dst"]).view(np.uint64).reshape(-1, 2)
+    m = np.uint64(0x9E3779B97F4A7C15)
+    with np.errstate(over="ignore"):
+        h = src[:, 0] * m ^ src[:, 1]
+        h = (h * m) ^ dst[:, 0]
+        h = (h * m) ^ dst[:, 1]
+        h = (h * m) ^ (recs["sport"].astype(np.uint64) << np.uint64(24)
+                       | recs["dport"].astype(np.uint64) << np.uint64(8)
+                       | recs["proto"].astype(np.uint64))
+        h = h * m
+    return h | np.uint64(1)
+
+
 class FlowLog:
     """Ages every conntrack stage of a dataplane and writes its flow log (optional)."""
 
@@ -89,6 +105,8 @@ class FlowLog:
         self.stages = [s.name for s in dp.pipeline.stages if s.TYPE == "conntrack"]
         self._out: TextIO | None = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115
         self._seen: dict[str, dict[tuple, dict[str, Any]]] = {s: {} for s in self.stages}
+        # per stage, per flow index: a hash of the flow logged as started there
+        self._known: dict[str, np.ndarray] = {s: np.zeros(0, np.uint64) for s in self.stages}
         self._halt = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -129,6 +147,9 @@ class FlowLog:
                  reason: str, now: float) -> None:
         key = self._key(r)
         start = self._seen[stage].pop(key, None)
+        known = self._known[stage]
+        if r["index"] < len(known):
+            known[r["index"]] = 0  # the slot's next flow is a new start
         if start is None:  # began and ended between two ticks
             start = {"event": "start", "time": round(now - r["age_ms"] / 1000, 3),
                      **self._doc(stage, r, pol, ids)}
@@ -138,6 +159,28 @@ class FlowLog:
                     "packets": {"orig": r["packets_orig"], "reply": r["packets_reply"]},
                     "bytes": {"orig": r["bytes_orig"], "reply": r["bytes_reply"]}})
 
+    def _starts(self, stage: str, recs: np.ndarray, pol: Any, ids: _Identities,
+                now: float) -> None:
+        """Start lines for the flows not seen before; only those become Python dicts."""
+        if not len(recs):
+            return
+        h = _flow_hash(recs)
+        idx = recs["index"].astype(np.int64)
+        known = self._known[stage]
+        if int(idx.max()) >= len(known):
+            grown = np.zeros(int(idx.max()) + 1024, np.uint64)
+            grown[:len(known)] = known
+            known = self._known[stage] = grown
+        new = known[idx] != h
+        if not new.any():
+            return
+        known[idx[new]] = h[new]
+        for r in fl.records(recs[new]):
+            doc = {"event": "start", "time": round(now - r["age_ms"] / 1000, 3),
+                   **self._doc(stage, r, pol, ids)}
+            self._seen[stage][self._key(r)] = doc
+            self._emit(doc)
+
     def tick(self) -> None:
         """Log new flows, expire idle ones (logging their end). Control thread."""
         with self._lock:
@@ -146,15 +189,7 @@ class FlowLog:
                 pol, ids = self._context(stage)
                 now = time.time()
                 if self._out is not None:
-                    live = fl.records(fl.flows(self.dp, stage))
-                    for r in live:
-                        key = self._key(r)
-                        if key not in self._seen[stage]:
-                            doc = {"event": "start",
-                                   "time": round(now - r["age_ms"] / 1000, 3),
-                                   **self._doc(stage, r, pol, ids)}
-                            self._seen[stage][key] = doc
-                            self._emit(doc)
+                    self._starts(stage, fl.flows(self.dp, stage), pol, ids, now)
                 n_out = ffi.new("unsigned *")
                 while True:
                     n = check(lib.pd_conntrack_expire_log(
