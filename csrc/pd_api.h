@@ -309,6 +309,27 @@ int pd_conntrack_expire_log(struct pd_pipeline *p, int stage, unsigned max_scan,
 			    struct pd_flow_rec *out, unsigned max,
 			    unsigned *n_out);
 
+/* Denied packets of a policy stage, for the flow log (pydp.flowlog): a
+ * ring the stage fills on its deny path while the log is on. 56 bytes. */
+struct pd_deny_rec {
+	uint8_t family;         /* 4 or 6 */
+	uint8_t proto;
+	uint16_t reason;        /* the stage's drop reason (policy-deny, default-deny) */
+	uint16_t sport;         /* host order; 0 without TCP/UDP/SCTP ports */
+	uint16_t dport;
+	uint32_t rule;          /* rule id; 4294967295: the default */
+	uint32_t len;           /* frame bytes */
+	uint8_t src[16];        /* network order; IPv4 in the first 4 */
+	uint8_t dst[16];
+	uint64_t tsc;
+};
+/* on 1: create the ring (8192 records) and start filling it; 0: stop, free. */
+int pd_policy_deny_log(struct pd_pipeline *p, int stage, int on);
+/* Take up to max records; returns how many. *lost (if not NULL): records the
+ * full ring refused since the last call. */
+int pd_policy_deny_read(struct pd_pipeline *p, int stage, struct pd_deny_rec *out,
+			unsigned max, uint64_t *lost);
+
 /* Copy finished records not read before (up to max); returns how many. */
 int pd_trace_read(struct pd_pipeline *p, struct pd_trace_rec *out, unsigned max);
 /* Packets still to match (0: the trace is complete or none is running). */

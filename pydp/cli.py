@@ -194,9 +194,9 @@ def run(pipeline_file: str, port_specs: tuple[str, ...], lcores: str | None,
                           f"(ports: {', '.join(pl.ports)})", key="port")
     if duration is not None and duration <= 0:
         raise ConfigError("--duration must be positive", key="duration")
-    if flow_log and not any(st.TYPE == "conntrack" for st in pl.stages):
-        raise ConfigError(f"--flow-log: {pipeline_file} has no conntrack stage (flows are "
-                          "what it logs)", key="flow-log")
+    if flow_log and not any(st.TYPE in ("conntrack", "policy") for st in pl.stages):
+        raise ConfigError(f"--flow-log: {pipeline_file} has no conntrack or policy stage "
+                          "(flows and denies are what it logs)", key="flow-log")
     _need_root()
     eal_lcores, workers = _parse_lcores(lcores)
     _start_eal(eal_lcores, no_huge, ports)
@@ -265,7 +265,8 @@ def _execute(pl: Any, ports: dict[str, str], workers: list[int] | None,
              else nullcontext()) as srv, \
             (MetricsServer(dp.stats, metrics[1], metrics[0], pl.name, dp=dp) if metrics
              else nullcontext()) as ms, \
-            (FlowLog(dp, flow_log) if any(st.TYPE == "conntrack" for st in pl.stages)
+            (FlowLog(dp, flow_log) if flow_log or any(st.TYPE == "conntrack"
+                                                      for st in pl.stages)
              else nullcontext()) as flog:
         if ms:
             ms.start()

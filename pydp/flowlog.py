@@ -9,6 +9,13 @@
     {"event": "end", ..., "reason": "idle", "duration_ms": 30012,
      "packets": {"orig": 12, "reply": 10}, "bytes": {"orig": 1400, "reply": 9000}}
 
+Denied packets never make a flow; while a log is written, each policy stage
+puts their 5-tuples on a ring (its deny path only; ``pd_policy_deny_log``)
+and each tick writes one ``deny`` line per denied 5-tuple and rule, with the
+packets and bytes seen in that tick and the deny reason
+(``policy-deny``, ``default-deny``); a full ring is reported as a
+``deny-lost`` line with the count.
+
 It runs on the control thread, never in a worker: ends come from the expiry
 scan itself (``pd_conntrack_expire_log`` hands over each flow as it was
 deleted, with its final counters), starts from a scan of the table
@@ -35,7 +42,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import numpy as np
 
 from . import flows as fl
-from ._core import check, ffi, lib
+from ._core import check, cstr, ffi, lib
 
 if TYPE_CHECKING:
     from .runtime import Dataplane
@@ -45,19 +52,44 @@ TAG_DEFAULT = 0xFFFFFFFF
 _BATCH = 4096
 
 
+def _policy_of(dp: Dataplane, stage: Any) -> Any:
+    """The live policy model of policy stage ``stage`` (None if none is loaded)."""
+    svc = getattr(dp, "services", {}).get("policy")
+    if svc is not None and stage.name in svc.current:
+        return svc.current[stage.name]
+    path = stage.policy_path()
+    if path:
+        from .policy.model import Policy
+        return Policy.load(path)
+    return None
+
+
 def _policy_for(dp: Dataplane, ct_stage: str) -> tuple[str | None, Any]:
     """The policy stage confirming ``ct_stage``'s flows and its live policy (or None)."""
     for st in dp.pipeline.stages:
         if st.TYPE == "policy" and getattr(st, "conntrack", None) == ct_stage:
-            svc = getattr(dp, "services", {}).get("policy")
-            if svc is not None and st.name in svc.current:
-                return st.name, svc.current[st.name]
-            path = st.policy_path()
-            if path:
-                from .policy.model import Policy
-                return st.name, Policy.load(path)
-            return st.name, None
+            return st.name, _policy_of(dp, st)
     return None, None
+
+
+def _deny_dtype() -> np.dtype:
+    fields = [("family", "u1"), ("proto", "u1"), ("reason", "u2"), ("sport", "u2"),
+              ("dport", "u2"), ("rule", "u4"), ("len", "u4"), ("src", "u1", (16,)),
+              ("dst", "u1", (16,)), ("tsc", "u8")]
+    return np.dtype({
+        "names": [f[0] for f in fields],
+        "formats": [np.dtype((f[1], f[2])) if len(f) == 3 else np.dtype(f[1]) for f in fields],
+        "offsets": [ffi.offsetof("struct pd_deny_rec", f[0]) for f in fields],
+        "itemsize": ffi.sizeof("struct pd_deny_rec")})
+
+
+#: numpy twin of ``struct pd_deny_rec``
+DENY_DTYPE = _deny_dtype()
+
+
+def _addr(family: int, raw: np.ndarray) -> str:
+    b = raw.tobytes()
+    return str(ipaddress.IPv4Address(b[:4]) if family == 4 else ipaddress.IPv6Address(b))
 
 
 class _Identities:
@@ -110,7 +142,13 @@ class FlowLog:
         self._halt = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self.counts = {"start": 0, "end": 0, "expired": 0}
+        self.counts = {"start": 0, "end": 0, "expired": 0, "deny": 0, "deny-lost": 0}
+        # denied packets: the policy stages fill a ring while a log is written
+        self.policy_stages = [s.name for s in dp.pipeline.stages if s.TYPE == "policy"]
+        self._deny_buf = np.zeros(1024, dtype=DENY_DTYPE)
+        if path:
+            for st in self.policy_stages:
+                check(lib.pd_policy_deny_log(dp._cp, dp.stage_index[st], 1))
         self._buf = np.zeros(_BATCH, dtype=fl.FLOW_DTYPE)
         self._closed = False
         # closing the dataplane closes the log first, while the tables still exist
@@ -203,7 +241,55 @@ class FlowLog:
                     if self._out is None or n_out[0] < _BATCH:
                         break
             if self._out is not None:
+                for st in self.policy_stages:
+                    self._denies(st)
                 self._out.flush()
+
+    def _denies(self, stage: str) -> None:
+        """One ``deny`` line per denied 5-tuple (and rule) since the last tick."""
+        st = self.dp.pipeline.stage(stage)
+        idx = self.dp.stage_index[stage]
+        pol = _policy_of(self.dp, st)
+        ids = _Identities(pol)
+        lost = ffi.new("uint64_t *")
+        agg: dict[tuple, dict[str, Any]] = {}
+        hz = lib.pd_tsc_hz() or 1
+        now, tsc_now = time.time(), lib.pd_tsc()
+        buf = ffi.from_buffer("struct pd_deny_rec[]", self._deny_buf)
+        n_lost = 0
+        while True:
+            n = check(lib.pd_policy_deny_read(self.dp._cp, idx, buf, len(self._deny_buf), lost))
+            n_lost += int(lost[0])
+            for r in self._deny_buf[:n]:
+                fam = int(r["family"])
+                key = (fam, int(r["proto"]), r["src"].tobytes(), int(r["sport"]),
+                       r["dst"].tobytes(), int(r["dport"]), int(r["rule"]), int(r["reason"]))
+                t = round(now - max(0, tsc_now - int(r["tsc"])) / hz, 3)
+                a = agg.get(key)
+                if a is None:
+                    agg[key] = {"first": t, "last": t, "packets": 1, "bytes": int(r["len"]),
+                                "src": _addr(fam, r["src"]), "dst": _addr(fam, r["dst"])}
+                else:
+                    a["last"] = t
+                    a["packets"] += 1
+                    a["bytes"] += int(r["len"])
+            if n < len(self._deny_buf):
+                break
+        for (_fam, proto, _s, sport, _d, dport, rule, reason), a in agg.items():
+            if rule == TAG_DEFAULT or pol is None or rule >= len(pol.rules):
+                name = "(default deny)"
+            else:
+                name = pol.rules[rule].name
+            self._emit({"event": "deny", "time": a["first"], "last": a["last"],
+                        "stage": stage, "proto": PROTOS.get(proto, proto),
+                        "src": a["src"], "sport": sport, "dst": a["dst"], "dport": dport,
+                        "verdict": "deny", "rule": name,
+                        "reason": cstr(lib.pd_stage_type_drop(b"policy", reason)),
+                        "src_identity": ids.of(a["src"]), "dst_identity": ids.of(a["dst"]),
+                        "packets": a["packets"], "bytes": a["bytes"]})
+        if n_lost:
+            self._emit({"event": "deny-lost", "time": round(now, 3), "stage": stage,
+                        "packets": n_lost})
 
     def finish(self) -> None:
         """Log an end line (reason ``stop``) for every flow still live; close the file."""
@@ -215,6 +301,9 @@ class FlowLog:
                 pol, ids = self._context(stage)
                 for r in fl.records(fl.flows(self.dp, stage)):
                     self._end_doc(stage, r, pol, ids, "stop", now)
+            for st in self.policy_stages:
+                self._denies(st)
+                check(lib.pd_policy_deny_log(self.dp._cp, self.dp.stage_index[st], 0))
             self._out.close()
             self._out = None
 

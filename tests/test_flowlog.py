@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 
-from scapy.layers.inet import IP, UDP
+from scapy.layers.inet import IP, TCP, UDP
 from test_stages import eth, tag
 from test_trace import FIREWALL, POLICY
 
@@ -31,13 +31,16 @@ def test_flow_log_start_end_counters_identities(ring_name, tmp_path):
     a_reply = [u("10.0.1.7", "10.0.0.5", 80, 4000, 3)]
     b = [u("10.0.0.6", "10.0.1.8", 4001, 80, 4)]
     late = [u("10.0.0.9", "10.0.1.9", 4002, 80, 5)]
+    telnet = [eth() / IP(src="10.0.0.5", dst="10.0.1.7") / TCP(sport=5000, dport=23) / tag(6)
+              for _ in range(2)]
+    stranger = [u("192.0.2.1", "10.0.1.7", 999, 80, 7)]
     with Dataplane(pl, ports={"in": ring_name(), "out": ring_name()}) as dp:
         dp.start()
         flog = FlowLog(dp, str(log), interval=0.1)
         flog.start()
         dp.port("in").inject(a)
         dp.port("out").capture(count=2)
-        dp.port("in").inject(a_reply + b)
+        dp.port("in").inject(a_reply + b + telnet + stranger)
         dp.port("out").capture(count=2)
         deadline = time.monotonic() + 15
         while flog.counts["end"] < 2 and time.monotonic() < deadline:
@@ -47,8 +50,22 @@ def test_flow_log_start_end_counters_identities(ring_name, tmp_path):
         dp.port("out").capture(count=1)
         dp.stop()
         flog.close()
-        assert dp.stats().balanced() and dp.pool.in_use() == 0
+        st = dp.stats()
+        assert st.balanced() and dp.pool.in_use() == 0
+        assert st.stages()["policy"]["drops"]["policy-deny"] == 2
     lines = _lines(log)
+    denies = {x["rule"]: x for x in lines if x["event"] == "deny"}
+    assert set(denies) == {"no-telnet", "(default deny)"}
+    t = denies["no-telnet"]
+    assert (t["proto"], t["src"], t["sport"], t["dst"], t["dport"]) == \
+        ("tcp", "10.0.0.5", 5000, "10.0.1.7", 23)
+    assert t["packets"] == 2 and t["bytes"] == 2 * len(telnet[0])
+    assert t["reason"] == "policy-deny" and t["verdict"] == "deny"
+    assert t["src_identity"]["name"] == "lab" and t["dst_identity"]["name"] == "web"
+    d = denies["(default deny)"]
+    assert d["reason"] == "default-deny" and d["src"] == "192.0.2.1" and d["packets"] == 1
+    assert d["src_identity"] is None
+    lines = [x for x in lines if x["event"] != "deny"]
     starts = [x for x in lines if x["event"] == "start"]
     ends = {(x["src"], x["sport"]): x for x in lines if x["event"] == "end"}
     assert len(starts) == 3 and len(ends) == 3

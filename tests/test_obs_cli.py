@@ -146,3 +146,8 @@ def test_flow_log_written_on_stop(running):
     assert all(x["src_identity"]["name"] == "lab" and x["dst"] == "10.0.1.1" for x in starts)
     assert {x["reason"] for x in ends} <= {"idle", "stop"}
     assert sum(x["packets"]["orig"] for x in ends) > 0
+    # the demo's TCP to 10.0.1.2:443 is denied by default: logged as deny lines
+    denies = [x for x in lines if x["event"] == "deny"]
+    assert any(x["proto"] == "tcp" and x["dport"] == 443 and x["reason"] == "default-deny"
+               and x["rule"] == "(default deny)" and x["src_identity"]["name"] == "lab"
+               for x in denies)

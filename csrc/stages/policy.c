@@ -18,6 +18,7 @@
 #include <rte_errno.h>
 #include <rte_lcore.h>
 #include <rte_malloc.h>
+#include <rte_ring.h>
 
 #include "policy.h"
 
@@ -127,6 +128,8 @@ struct policy_priv {
 	uint64_t generation;
 	uint64_t build_ns;
 	uint64_t publish_ns;
+	struct rte_ring *deny_ring; /* flow log of denies: NULL off (RCU-published) */
+	uint64_t deny_lost;         /* records the full ring refused (atomic) */
 };
 
 static unsigned pol_seq;   /* rte_acl context names must be unique */
@@ -489,6 +492,8 @@ static void policy_fini(struct pd_stage *st)
 
 	table_free(pr->tbl);
 	pr->tbl = NULL;
+	rte_ring_free(pr->deny_ring);
+	pr->deny_ring = NULL;
 	pthread_mutex_destroy(&pr->lock);
 }
 
@@ -547,6 +552,54 @@ static inline bool pol_stateful_late(struct pd_stage *st, struct pd_worker *w,
 	return true;
 }
 
+/* The flow log's deny record of `mb` (deny path only, while the log runs). */
+static __rte_noinline __rte_unused void pol_deny_log(struct policy_priv *pr,
+					struct rte_mbuf *mb, unsigned reason,
+					uint32_t rule)
+{
+	struct rte_ring *r = __atomic_load_n(&pr->deny_ring, __ATOMIC_ACQUIRE);
+	const struct pd_meta *m = pd_meta(mb);
+	const uint8_t *l3;
+	struct pd_deny_rec d;
+	uint32_t ports;
+
+	if (!r)
+		return;
+	memset(&d, 0, sizeof(d));
+	l3 = rte_pktmbuf_mtod_offset(mb, const uint8_t *, m->l3_off);
+	if (m->l3 == PD_L3_IPV4) {
+		d.family = 4;
+		memcpy(d.src, l3 + 12, 4);
+		memcpy(d.dst, l3 + 16, 4);
+	} else {
+		d.family = 6;
+		memcpy(d.src, l3 + 8, 16);
+		memcpy(d.dst, l3 + 24, 16);
+	}
+	d.proto = m->l4_proto;
+	ports = key_ports(mb, m);    /* sport, dport as on the wire */
+	d.sport = rte_be_to_cpu_16((uint16_t)(ports & 0xffff));
+	d.dport = rte_be_to_cpu_16((uint16_t)(ports >> 16));
+	d.reason = (uint16_t)reason;
+	d.rule = rule;
+	d.len = rte_pktmbuf_pkt_len(mb);
+	d.tsc = rte_rdtsc();
+	if (rte_ring_mp_enqueue_elem(r, &d, sizeof(d)) != 0)
+		__atomic_fetch_add(&pr->deny_lost, 1, __ATOMIC_RELAXED);
+}
+
+/* off: one load of a pointer next to the table's, on the deny path only
+ * (nothing at all with -Dobs=false) */
+#ifndef PD_NO_OBS
+#define POL_DENY_LOG(st, mb, why, rule) do {				\
+	struct policy_priv *pr_ = (st)->priv;				\
+	if (unlikely(__atomic_load_n(&pr_->deny_ring, __ATOMIC_RELAXED)))	\
+		pol_deny_log(pr_, (mb), (why), (rule));			\
+} while (0)
+#else
+#define POL_DENY_LOG(st, mb, why, rule) do { } while (0)
+#endif
+
 static inline void pol_verdict(struct pd_stage *st, struct pd_worker *w,
 			       struct pd_stage *ct, uint64_t *row,
 			       int default_allow, struct rte_mbuf *mb,
@@ -560,6 +613,7 @@ static inline void pol_verdict(struct pd_stage *st, struct pd_worker *w,
 			w->ctr[st->ctr_extra + POL_X_DEFAULT_ALLOW]++;
 			pol_pass_new(st, w, ct, mb, PD_POLICY_TAG_DEFAULT);
 		} else if (!pol_stateful_late(st, w, ct, mb)) {
+			POL_DENY_LOG(st, mb, POL_DEFAULT_DENY, UINT32_MAX);
 			pd_drop(w, st, POL_DEFAULT_DENY, mb);
 		}
 		return;
@@ -571,10 +625,12 @@ static inline void pol_verdict(struct pd_stage *st, struct pd_worker *w,
 		return;  /* not this rule's hit: its flow was allowed */
 	row[2 * id]++;
 	row[2 * id + 1] += rte_pktmbuf_pkt_len(mb);
-	if (res & 1)
+	if (res & 1) {
 		pol_pass_new(st, w, ct, mb, id);
-	else
+	} else {
+		POL_DENY_LOG(st, mb, POL_POLICY_DENY, id);
 		pd_drop(w, st, POL_POLICY_DENY, mb);
+	}
 }
 
 /*
@@ -657,6 +713,62 @@ static void policy_process(struct pd_stage *st, struct pd_worker *w,
 		for (i = 0; i < n6; i++)
 			pol_verdict(st, w, ct, row, def, v6[i], r6[i]);
 	}
+}
+
+/* ---- flow log of denies (control) ------------------------------------------ */
+static void deny_ring_free(void *r)
+{
+	rte_ring_free(r);
+}
+
+int pd_policy_deny_log(struct pd_pipeline *p, int stage, int on)
+{
+	struct pd_stage *st = pd_stage_get(p, stage, "policy");
+	struct policy_priv *pr;
+	struct rte_ring *r;
+	char name[RTE_RING_NAMESIZE];
+
+	if (!st)
+		return -EINVAL;
+	pr = st->priv;
+	pthread_mutex_lock(&pr->lock);
+	if (on && !pr->deny_ring) {
+		snprintf(name, sizeof(name), "pddeny%u",
+			 __atomic_fetch_add(&pol_seq, 1, __ATOMIC_RELAXED));
+		r = rte_ring_create_elem(name, sizeof(struct pd_deny_rec), 8192,
+					 SOCKET_ID_ANY, RING_F_SC_DEQ);
+		if (!r) {
+			pthread_mutex_unlock(&pr->lock);
+			return PD_ERR(rte_errno ? rte_errno : ENOMEM, "stage '%s': "
+				      "cannot create the deny log ring: %s", st->name,
+				      rte_strerror(rte_errno));
+		}
+		__atomic_store_n(&pr->deny_ring, r, __ATOMIC_RELEASE);
+	} else if (!on && pr->deny_ring) {
+		pd_rcu_swap(p, (void **)&pr->deny_ring, NULL, deny_ring_free);
+	}
+	pthread_mutex_unlock(&pr->lock);
+	return 0;
+}
+
+int pd_policy_deny_read(struct pd_pipeline *p, int stage, struct pd_deny_rec *out,
+			unsigned max, uint64_t *lost)
+{
+	struct pd_stage *st = pd_stage_get(p, stage, "policy");
+	struct policy_priv *pr;
+	unsigned n = 0;
+
+	if (!st)
+		return -EINVAL;
+	pr = st->priv;
+	pthread_mutex_lock(&pr->lock);
+	if (pr->deny_ring)
+		n = rte_ring_sc_dequeue_burst_elem(pr->deny_ring, out, sizeof(*out),
+						   max, NULL);
+	if (lost)
+		*lost = __atomic_exchange_n(&pr->deny_lost, 0, __ATOMIC_RELAXED);
+	pthread_mutex_unlock(&pr->lock);
+	return (int)n;
 }
 
 const struct pd_stage_ops pd_stage_policy = {
