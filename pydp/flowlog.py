@@ -53,15 +53,16 @@ _BATCH = 4096
 
 
 def _policy_of(dp: Dataplane, stage: Any) -> Any:
-    """The live policy model of policy stage ``stage`` (None if none is loaded)."""
-    svc = getattr(dp, "services", {}).get("policy")
-    if svc is not None and stage.name in svc.current:
-        return svc.current[stage.name]
-    path = stage.policy_path()
-    if path:
-        from .policy.model import Policy
-        return Policy.load(path)
-    return None
+    """The live policy model of policy stage ``stage`` (None if none is loaded).
+
+    It is the control socket's (``dp.services["policy"]``), so a ``pydp policy
+    apply`` shows in the log at once; made here (the stage's file) if absent.
+    """
+    svc = dp.services.get("policy")
+    if svc is None:
+        from .policy.service import PolicyService
+        svc = dp.services.setdefault("policy", PolicyService(dp))
+    return svc.current.get(stage.name)
 
 
 def _policy_for(dp: Dataplane, ct_stage: str) -> tuple[str | None, Any]:
