@@ -90,6 +90,8 @@ class TraceRecord:
     @property
     def packet(self) -> Any:
         """The packet as received (its first bytes), as a scapy ``Ether``."""
+        import scapy.layers.inet
+        import scapy.layers.inet6  # noqa: F401 - binds IPv4/IPv6 and L4 under Ether
         from scapy.layers.l2 import Ether
         return Ether(self.data)
 
