@@ -258,6 +258,17 @@ class Dataplane:
             raise InvalidArgument("the dataplane is closed")
         return tr.trace(self, count, filter, timeout)
 
+    def capture(self, path: str, port: str | None = None, stage: str | None = None,
+                count: int = 0, snaplen: int = 0, filter: str | None = None) -> Any:  # noqa: A002
+        """Start a pcapng capture of ``port`` (rx and tx) or of what enters ``stage``.
+
+        Returns the running :class:`pydp.capture.Capture` (a context manager;
+        ``.wait()``, ``.stop()``, ``.info``). See :mod:`pydp.capture`.
+        """
+        from .capture import Capture
+        return Capture(self, path, port=port, stage=stage, count=count, snaplen=snaplen,
+                       filter=filter)
+
     def counters(self) -> np.ndarray:
         """The raw per-worker counter rows (a live numpy view, not a copy)."""
         return self._ctr

@@ -39,7 +39,7 @@ def test_capture_port_rx_and_tx_read_by_tshark(ring_name, tmp_path):
     sent = packets(5) + [eth() / IP(ihl=1) / tag(99)]
     with Dataplane(pl, ports={"in": ring_name(), "out": ring_name()}) as dp:
         dp.start()
-        with Capture(dp, tmp_path / "out.pcapng", port="out", count=5) as cap_out:
+        with dp.capture(str(tmp_path / "out.pcapng"), port="out", count=5) as cap_out:
             dp.port("in").inject(sent)
             out = dp.port("out").capture(count=5)
             assert cap_out.wait(10)
@@ -55,13 +55,16 @@ def test_capture_port_rx_and_tx_read_by_tshark(ring_name, tmp_path):
     assert cap_out.info.leaked == 0 and cap_in.info.leaked == 0  # every copy came back
     assert cap_in.info.written == 6 and cap_in.info.dropped == 0
     # tshark reads both; the tx side holds exactly what left the port, in order
-    rows = tshark(str(tmp_path / "out.pcapng"), "frame.len", "udp.srcport")
+    rows = tshark(str(tmp_path / "out.pcapng"), "frame.len", "udp.srcport",
+                  "frame.packet_flags_direction")
     assert [r[1] for r in rows] == [str(1000 + i) for i in range(5)]
+    assert {r[2] for r in rows} == {"0x00000002"}  # outbound
     got = rdpcap(str(tmp_path / "out.pcapng"))
     assert [bytes(p) for p in got] == [bytes(p) for p in out]
     got_in = rdpcap(str(tmp_path / "in.pcapng"))
     assert [bytes(p) for p in got_in] == [bytes(p) for p in sent]
-    assert len(tshark(str(tmp_path / "in.pcapng"))) == 6
+    rows = tshark(str(tmp_path / "in.pcapng"), "frame.packet_flags_direction")
+    assert rows == [["0x00000001"]] * 6  # inbound
 
 
 @needs_tshark
