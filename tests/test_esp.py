@@ -12,6 +12,9 @@ through test_stages.run(): accounting balanced, pool back to full.
 from __future__ import annotations
 
 import ipaddress
+import shutil
+import subprocess
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,9 +22,10 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.ipsec import ESP, SecurityAssociation
 from scapy.layers.l2 import Ether
+from scapy.utils import wrpcap
 from test_stages import eth, pid, run, tag
 
-from pydp import Pipeline
+from pydp import Dataplane, Pipeline
 from pydp.esp import SA
 from pydp.stages import EspDecrypt, EspEncrypt, Forward, Parse
 
@@ -134,3 +138,96 @@ def test_interop_scapy_both_directions(ring_name, cipher):
         e = Ether(bytes(f))
         assert e.dst == OUT_MAC
         assert (e.type, e.payload.version) in ((0x0800, 4), (0x86DD, 6))
+
+
+def test_tshark_dissects_pydp_output(ring_name, tmp_path):
+    """tshark (an independent dissector) reads pydp's frames as ESP with the
+    SA's SPI and sequence numbers 1..n, IPv4 and IPv6 outside."""
+    if shutil.which("tshark") is None:
+        pytest.skip("tshark is not installed")
+    outs = [mk_sa(0x3100, "out", "aes-gcm-128", 4, 4), mk_sa(0x3200, "out", "aes-gcm-256", 6, 6)]
+    clear = [eth() / inner_pkt(i, 4) for i in range(4)] + \
+        [eth() / inner_pkt(10 + i, 6) for i in range(3)]
+    r = run(gateway(outs), ring_name, {"inside": clear})
+    pcap = tmp_path / "esp.pcap"
+    wrpcap(str(pcap), r.out["outside"])
+    res = subprocess.run(["tshark", "-r", str(pcap), "-T", "fields", "-e", "ip.proto",
+                          "-e", "ipv6.nxt", "-e", "esp.spi", "-e", "esp.sequence"],
+                         capture_output=True, text=True, timeout=60, check=True)
+    rows = [ln.split("\t") for ln in res.stdout.strip().splitlines()]
+    assert len(rows) == 7
+    spis = [int(r_[2], 16) if r_[2].startswith("0x") else int(r_[2]) for r_ in rows]
+    assert sorted(spis) == [0x3100] * 4 + [0x3200] * 3
+    seqs = {s: sorted(int(r_[3]) for r_, x in zip(rows, spis) if x == s) for s in set(spis)}
+    assert seqs == {0x3100: [1, 2, 3, 4], 0x3200: [1, 2, 3]}
+    assert all("50" in (r_[0], r_[1]) for r_ in rows)
+
+
+def test_replay_tamper_unknown_spi_window_exact_counters(ring_name):
+    """Each bad packet is dropped with its own reason, counted on the stage and
+    on the SA; good ones in the window (late but unseen) still pass."""
+    sa = mk_sa(0x4000, "in", "aes-gcm-128", 4, 4, replay_window=64)
+    ssa = scapy_sa(sa)
+
+    def enc(seq: int, i: int, **kw: Any) -> Any:
+        return eth() / ssa.encrypt(inner_pkt(i, 4, **kw), seq_num=seq)
+
+    first = [enc(s, s) for s in range(1, 101) if s != 90]         # 99 packets, 90 held back
+    late = enc(90, 90)                                              # in window, unseen: passes
+    replay_top = enc(100, 5100)                                     # seen
+    replay_mid = enc(50, 5050)                                      # seen, inside the window
+    edge = enc(36, 5036)                                            # the window is 37..100
+    old = enc(10, 5010)                                             # 10 + 64 < 100: behind it
+    zero = enc(0, 5000)                                             # 0 is never valid
+    t = bytearray(bytes(enc(101, 5101)))
+    t[-20] ^= 0x01                                                  # a ciphertext bit flipped
+    tampered = Ether(bytes(t))
+    t = bytearray(bytes(enc(102, 5102)))
+    t[-1] ^= 0x80                                                   # an ICV bit flipped
+    bad_icv = Ether(bytes(t))
+    other = SecurityAssociation(ESP, spi=0x4999, crypt_algo="AES-GCM",
+                                crypt_key=bytes(sa.key), tunnel_header=IP(src=sa.tunnel_src,
+                                                                           dst=sa.tunnel_dst))
+    unknown = eth() / other.encrypt(inner_pkt(5200, 4))
+    wrong_tun = eth() / SecurityAssociation(
+        ESP, spi=sa.spi, crypt_algo="AES-GCM", crypt_key=bytes(sa.key),
+        tunnel_header=IP(src="198.51.100.9", dst=sa.tunnel_dst)).encrypt(inner_pkt(5300, 4),
+                                                                          seq_num=150)
+    off_sel = enc(103, 5103, dst="10.99.0.1")                       # decrypts, not SA traffic
+    plain = eth() / inner_pkt(5400, 4)                              # cleartext from outside
+    dup = enc(104, 104)                                             # twice in one burst
+    second = [late, replay_top, replay_mid, edge, old, zero, tampered, bad_icv, unknown,
+              wrong_tun, off_sel, plain, dup, dup]
+
+    def more(dp: Dataplane) -> list:
+        return [("outside", second)]
+
+    r = run(gateway(dec=[sa]), ring_name, {"outside": first}, then=more)
+    assert sorted(r.ids("inside")) == sorted([s for s in range(1, 101)] + [104])
+    assert r.st.drops() == {"dec/replayed": 3, "dec/out-of-window": 3, "dec/auth-failed": 2,
+                            "dec/unknown-spi": 1, "dec/tunnel-mismatch": 1,
+                            "dec/selector-mismatch": 1, "dec/not-esp": 1}
+
+
+def test_replay_counts_on_the_sa_and_window_4096(ring_name):
+    """Per-SA drop counters and a 4096 window: 4000 behind the top still passes."""
+    sa = mk_sa(0x4100, "in", "chacha20-poly1305", 6, 4, replay_window=4096)
+    ssa = scapy_sa(sa)
+    first = [eth() / ssa.encrypt(inner_pkt(s, 6), seq_num=s) for s in (5000, 4999)]
+    second = [eth() / ssa.encrypt(inner_pkt(1000, 6), seq_num=1000),   # 1000 + 4096 > 5000
+              eth() / ssa.encrypt(inner_pkt(900, 6), seq_num=900),     # 900 + 4096 < 5000
+              first[0]]
+    seen: dict = {}
+
+    def grab(dp: Dataplane) -> Iterator[tuple[str, list]]:
+        yield ("outside", second)           # run() injects and settles it, then resumes
+        seen["sa"] = dp.sa_list("dec")
+
+    r = run(gateway(dec=[sa]), ring_name, {"outside": first}, then=grab)
+    assert sorted(r.ids("inside")) == [1000, 4999, 5000]
+    assert r.st.drops() == {"dec/out-of-window": 1, "dec/replayed": 1}
+    (info,) = seen["sa"]
+    assert info["drops"]["out-of-window"] == 1 and info["drops"]["replayed"] == 1
+    assert sum(info["drops"].values()) == 2
+    assert info["packets"] == 3 and info["seq"] == 5000 and info["replay_window"] == 4096
+    assert info["bytes"] == sum(len(inner_pkt(i, 6)) for i in (1000, 4999, 5000))
