@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,7 +27,7 @@ from scapy.utils import wrpcap
 from test_stages import eth, pid, run, tag
 
 from pydp import Dataplane, Pipeline
-from pydp.esp import SA
+from pydp.esp import SA, Lifetime
 from pydp.stages import EspDecrypt, EspEncrypt, Forward, Parse
 
 SCAPY_ALGO = {"aes-gcm-128": "AES-GCM", "aes-gcm-256": "AES-GCM",
@@ -61,6 +62,15 @@ def scapy_sa(sa: SA, **kw: Any) -> SecurityAssociation:
         src=sa.tunnel_src, dst=sa.tunnel_dst)
     return SecurityAssociation(ESP, spi=sa.spi, crypt_algo=SCAPY_ALGO[sa.cipher],
                                crypt_key=bytes(sa.key), tunnel_header=hdr, **kw)
+
+
+def seal(ssa: SecurityAssociation, pkt: Any, seq: int) -> Any:
+    """scapy-encrypt with sequence number ``seq`` (64-bit with ESN). Set on the
+    SA: scapy's encrypt(seq_num=0) would fall back to its own counter."""
+    ssa.seq_num = seq & 0xFFFFFFFF
+    if ssa.esn_en:
+        return ssa.encrypt(pkt, esn_en=True, esn=seq >> 32)
+    return ssa.encrypt(pkt)
 
 
 def inner_pkt(i: int, inner: int, proto: Any = None, **kw: Any) -> Any:
@@ -170,7 +180,7 @@ def test_replay_tamper_unknown_spi_window_exact_counters(ring_name):
     ssa = scapy_sa(sa)
 
     def enc(seq: int, i: int, **kw: Any) -> Any:
-        return eth() / ssa.encrypt(inner_pkt(i, 4, **kw), seq_num=seq)
+        return eth() / seal(ssa, inner_pkt(i, 4, **kw), seq)
 
     first = [enc(s, s) for s in range(1, 101) if s != 90]         # 99 packets, 90 held back
     late = enc(90, 90)                                              # in window, unseen: passes
@@ -191,8 +201,7 @@ def test_replay_tamper_unknown_spi_window_exact_counters(ring_name):
     unknown = eth() / other.encrypt(inner_pkt(5200, 4))
     wrong_tun = eth() / SecurityAssociation(
         ESP, spi=sa.spi, crypt_algo="AES-GCM", crypt_key=bytes(sa.key),
-        tunnel_header=IP(src="198.51.100.9", dst=sa.tunnel_dst)).encrypt(inner_pkt(5300, 4),
-                                                                          seq_num=150)
+        tunnel_header=IP(src="198.51.100.9", dst=sa.tunnel_dst)).encrypt(inner_pkt(5300, 4))
     off_sel = enc(103, 5103, dst="10.99.0.1")                       # decrypts, not SA traffic
     plain = eth() / inner_pkt(5400, 4)                              # cleartext from outside
     dup = enc(104, 104)                                             # twice in one burst
@@ -213,9 +222,9 @@ def test_replay_counts_on_the_sa_and_window_4096(ring_name):
     """Per-SA drop counters and a 4096 window: 4000 behind the top still passes."""
     sa = mk_sa(0x4100, "in", "chacha20-poly1305", 6, 4, replay_window=4096)
     ssa = scapy_sa(sa)
-    first = [eth() / ssa.encrypt(inner_pkt(s, 6), seq_num=s) for s in (5000, 4999)]
-    second = [eth() / ssa.encrypt(inner_pkt(1000, 6), seq_num=1000),   # 1000 + 4096 > 5000
-              eth() / ssa.encrypt(inner_pkt(900, 6), seq_num=900),     # 900 + 4096 < 5000
+    first = [eth() / seal(ssa, inner_pkt(s, 6), s) for s in (5000, 4999)]
+    second = [eth() / seal(ssa, inner_pkt(1000, 6), 1000),   # 1000 + 4096 > 5000
+              eth() / seal(ssa, inner_pkt(900, 6), 900),     # 900 + 4096 <= 5000
               first[0]]
     seen: dict = {}
 
@@ -231,3 +240,187 @@ def test_replay_counts_on_the_sa_and_window_4096(ring_name):
     assert sum(info["drops"].values()) == 2
     assert info["packets"] == 3 and info["seq"] == 5000 and info["replay_window"] == 4096
     assert info["bytes"] == sum(len(inner_pkt(i, 6)) for i in (1000, 4999, 5000))
+
+
+# -- extended sequence numbers, exhaustion, lifetimes -------------------------------------
+def test_esn_across_the_32_bit_boundary_both_directions(ring_name):
+    """ESN: pydp sends 2^32-3 .. 2^32+2 (scapy decrypts with the right high
+    bits) and accepts scapy's packets across the boundary; sa_list shows the
+    64-bit number and its high half."""
+    start = 2**32 - 3
+    out = mk_sa(0x5000, "out", "aes-gcm-256", 4, 6, esn=True, initial_seq=start)
+    inb = mk_sa(0x5100, "in", "chacha20-poly1305", 6, 4, esn=True, initial_seq=2**32 - 10,
+                selectors=[{"src": INNER[6][1], "dst": INNER[6][0]}])
+    inb.tunnel_src, inb.tunnel_dst = inb.tunnel_dst, inb.tunnel_src
+    clear = [eth() / inner_pkt(i, 4) for i in range(6)]
+    ssa_in = scapy_sa(inb, esn_en=True)
+    esp = []
+    for k, s in enumerate(range(2**32 - 5, 2**32 + 5)):
+        p = inner_pkt(100 + k, 6, src=INNER[6][3], dst=INNER[6][2])
+        esp.append(eth() / seal(ssa_in, p, s))
+    seen: dict = {}
+
+    def grab(dp: Dataplane) -> Iterator[tuple[str, list]]:
+        seen["out"], seen["in"] = dp.sa_list("enc"), dp.sa_list("dec")
+        yield from ()
+
+    r = run(gateway([out], [inb]), ring_name, {"inside": clear, "outside": esp}, then=grab)
+    assert r.st.drops() == {}
+    ssa_out = scapy_sa(out, esn_en=True)
+    got = []
+    for frame in r.out["outside"]:
+        o = outer_ip(frame)
+        low = o[ESP].seq
+        high = 0 if low >= start & 0xFFFFFFFF else 1
+        got.append((high << 32 | low, pid(ssa_out.decrypt(o, esn_en=True, esn=high))))
+    assert sorted(got) == [(start + i, i) for i in range(6)]
+    assert sorted(r.ids("inside")) == list(range(100, 110))
+    assert seen["out"][0]["seq"] == start + 5 and seen["out"][0]["esn_high"] == 1
+    assert seen["in"][0]["seq"] == 2**32 + 4 and seen["in"][0]["esn_high"] == 1
+
+
+def test_sequence_exhaustion_raises_the_rekey_event(ring_name):
+    """Without ESN the last sequence numbers go out, the rest is dropped as
+    seq-exhausted; sa_events reports nearing exhaustion once, then exhaustion."""
+    out = mk_sa(0x5200, "out", "aes-gcm-128", 4, 4, initial_seq=2**32 - 5, seq_margin=100)
+    ev: dict = {}
+
+    def grab(dp: Dataplane) -> Iterator[tuple[str, list]]:
+        ev["after"] = dp.sa_events("enc")
+        ev["again"] = dp.sa_events("enc")
+        ev["list"] = dp.sa_list("enc")
+        yield from ()
+
+    r = run(gateway([out]), ring_name, {"inside": [eth() / inner_pkt(i, 4) for i in range(10)]},
+            then=grab)
+    assert r.st.drops() == {"enc/seq-exhausted": 6}
+    seqs = sorted(outer_ip(f)[ESP].seq for f in r.out["outside"])
+    assert seqs == [2**32 - 5, 2**32 - 4, 2**32 - 3, 2**32 - 2]
+    assert [(e["event"], e["spi"]) for e in ev["after"]] == [
+        ("seq-nearing-exhaustion", 0x5200), ("seq-exhausted", 0x5200)]
+    assert ev["again"] == []
+    (info,) = ev["list"]
+    assert info["state"] == "hard-expired" and info["drops"]["seq-exhausted"] == 6
+    assert info["packets"] == 4
+
+
+def test_lifetime_packets_soft_and_hard(ring_name):
+    """soft_packets raises soft-expired (the rekey trigger); at hard_packets
+    the SA stops: exactly hard_packets pass, the rest is sa-expired."""
+    lt = Lifetime(soft_packets=3, hard_packets=5, soft_seconds=3600, hard_seconds=7200)
+    out = mk_sa(0x5300, "out", "aes-gcm-128", 6, 6, lifetime=lt)
+    ev: dict = {}
+
+    def grab(dp: Dataplane) -> Iterator[tuple[str, list]]:
+        ev["first"] = dp.sa_events("enc")
+        yield ("inside", [eth() / inner_pkt(10 + i, 6) for i in range(4)])
+        ev["second"] = dp.sa_events("enc")
+        ev["list"] = dp.sa_list("enc")
+
+    r = run(gateway([out]), ring_name, {"inside": [eth() / inner_pkt(i, 6) for i in range(4)]},
+            then=grab)
+    assert r.ids("outside") == [None] * 5  # encrypted: no id in clear on the wire
+    plain = sorted(pid(scapy_sa(out).decrypt(outer_ip(f))) for f in r.out["outside"])
+    assert plain == [0, 1, 2, 3, 10]
+    assert r.st.drops() == {"enc/sa-expired": 3}
+    assert [(e["event"], e["reason"]) for e in ev["first"]] == [("soft-expired", "packets")]
+    assert [(e["event"], e["reason"]) for e in ev["second"]] == [("hard-expired", "packets")]
+    (info,) = ev["list"]
+    assert info["state"] == "hard-expired" and info["drops"]["sa-expired"] == 3
+    assert "soft-packets" in info["limits"] and "hard-packets" in info["limits"]
+
+
+def test_lifetime_seconds_hard_expiry_drops(ring_name):
+    """A hard lifetime in seconds stops the SA in the fast path (TSC deadline)."""
+    inb = mk_sa(0x5400, "in", "aes-gcm-128", 4, 4, lifetime={"hard_seconds": 0.05})
+    ssa = scapy_sa(inb)
+    pkts = [eth() / ssa.encrypt(inner_pkt(i, 4)) for i in range(3)]
+    ev: dict = {}
+
+    def grab(dp: Dataplane) -> Iterator[tuple[str, list]]:
+        deadline = time.monotonic() + 10
+        while not ev.get("e") and time.monotonic() < deadline:
+            ev["e"] = dp.sa_events("dec")
+            time.sleep(0.01)
+        yield ("outside", pkts)
+
+    r = run(gateway(dec=[inb]), ring_name, {"outside": []}, then=grab)
+    assert [(e["event"], e["reason"]) for e in ev["e"]] == [("hard-expired", "seconds")]
+    assert r.st.drops() == {"dec/sa-expired": 3}
+
+
+# -- rekey ------------------------------------------------------------------------------
+def test_rekey_overlap_loses_nothing(ring_name):
+    """A new outbound SA with the same selectors takes the traffic at once;
+    the old inbound SA keeps decrypting until it is removed, then its SPI is
+    unknown, and both copies of its key are zero. pydp talks to itself:
+    encrypt -> capture -> decrypt."""
+    old_o = mk_sa(0x6000, "out", "aes-gcm-128", 4, 4)
+    old_i = mk_sa(0x6000, "in", "aes-gcm-128", 4, 4)
+    new_o = mk_sa(0x6001, "out", "chacha20-poly1305", 4, 4)
+    new_i = mk_sa(0x6001, "in", "chacha20-poly1305", 4, 4)
+    with Dataplane(gateway(), ports={"inside": ring_name(), "outside": ring_name()}) as dp:
+        dp.start()
+        dp.sa_add("enc", old_o)
+        dp.sa_add("dec", old_i)
+        dp.port("inside").inject([eth() / inner_pkt(i, 4) for i in range(5)])
+        first = dp.port("outside").capture(count=5, timeout=5)
+        dp.sa_add("dec", new_i)             # the peer learns the new SA first
+        dp.sa_add("enc", new_o)
+        dp.port("inside").inject([eth() / inner_pkt(10 + i, 4) for i in range(5)])
+        second = dp.port("outside").capture(count=5, timeout=5)
+        assert [outer_ip(f)[ESP].spi for f in first + second] == [0x6000] * 5 + [0x6001] * 5
+        assert [s["spi"] for s in dp.sa_list("enc")] == [0x6001, 0x6000]   # newest first
+        # both generations decrypt while they overlap
+        dp.port("outside").inject(first + second)
+        back = dp.port("inside").capture(count=10, timeout=5)
+        assert sorted(pid(f) for f in back) == list(range(5)) + list(range(10, 15))
+        dp.sa_remove("dec", 0x6000)
+        dp.sa_remove("enc", 0x6000)
+        assert [s["spi"] for s in dp.sa_list("dec")] == [0x6001]
+        dp.port("outside").inject(first[:2])  # the old SPI is gone now
+        assert dp.wait_rx(22) and dp.wait_idle(0.2)
+        dp.stop()
+        st = dp.stats()
+        assert dp.pool.in_use() == 0
+    assert st.drops() == {"dec/unknown-spi": 2}
+    assert st.balanced()
+    assert old_o.key == bytearray(20) and old_i.key == bytearray(20)
+    assert any(new_o.key) and any(new_i.key)
+
+
+def test_rekey_under_running_traffic(ring_name, vdev_name):
+    """Template traffic through encrypt -> decrypt in one pipeline while the
+    SA pair is replaced 20 times: every packet sent arrives decrypted, and
+    the generations together carried all of it."""
+    from pydp import Source
+    sas = [(mk_sa(0x7000 + g, "out", "aes-gcm-128", 4, 4), mk_sa(0x7000 + g, "in",
+            "aes-gcm-128", 4, 4)) for g in range(21)]
+    pl = Pipeline("loop", ports=["inside", "sink"], inputs={"inside": "p_in"}, stages=[
+        Parse("p_in", next="enc"), EspEncrypt("enc", next="p_mid", sas=[sas[0][0]]),
+        Parse("p_mid", next="dec"), EspDecrypt("dec", next="out", sas=[sas[0][1]]),
+        Forward("out", port="sink")])
+    n = 20000
+    src = Source([eth() / inner_pkt(0, 4)], rate_pps=40000, count=n)
+    carried = []
+    with Dataplane(pl, ports={"inside": ring_name(), "sink": vdev_name("net_null")},
+                   sources={"inside": src}) as dp:
+        dp.start()
+        for g in range(1, 21):
+            dp.sa_add("dec", sas[g][1])
+            dp.sa_add("enc", sas[g][0])
+            time.sleep(0.01)
+            # the old inbound SA still decrypts what is in flight until removed
+            dp.sa_remove("enc", 0x7000 + g - 1)
+            dp.sa_remove("dec", 0x7000 + g - 1)
+        deadline = time.monotonic() + 30
+        while not dp.sources_done() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        dp.wait_idle(0.2, timeout=10)
+        carried.append(dp.sa_list("dec")[0]["packets"])
+        dp.stop()
+        st = dp.stats()
+        assert dp.pool.in_use() == 0
+    assert st.drops() == {}, st.summary()
+    assert st.stages()["out"]["in"] == n and st.ports()["sink"]["tx_packets"] == n
+    assert 0 < carried[0] < n    # the last generation took over mid-stream
