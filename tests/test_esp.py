@@ -12,6 +12,7 @@ through test_stages.run(): accounting balanced, pool back to full.
 from __future__ import annotations
 
 import ipaddress
+import json
 import shutil
 import subprocess
 import time
@@ -19,14 +20,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from scapy.layers.inet import IP, UDP
+from conftest import PIPELINES
+from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.ipsec import ESP, SecurityAssociation
 from scapy.layers.l2 import Ether
 from scapy.utils import wrpcap
 from test_stages import eth, pid, run, tag
 
-from pydp import Dataplane, Pipeline
+from pydp import ConfigError, Dataplane, InvalidArgument, Pipeline
 from pydp.esp import SA, Lifetime
 from pydp.stages import EspDecrypt, EspEncrypt, Forward, Parse
 
@@ -401,26 +403,184 @@ def test_rekey_under_running_traffic(ring_name, vdev_name):
         Parse("p_mid", next="dec"), EspDecrypt("dec", next="out", sas=[sas[0][1]]),
         Forward("out", port="sink")])
     n = 20000
-    src = Source([eth() / inner_pkt(0, 4)], rate_pps=40000, count=n)
+    src = Source([eth() / inner_pkt(0, 4)], rate_pps=20000, count=n)
     carried = []
     with Dataplane(pl, ports={"inside": ring_name(), "sink": vdev_name("net_null")},
                    sources={"inside": src}) as dp:
         dp.start()
-        for g in range(1, 21):
+        g = 0
+        while g < 20 and not dp.sources_done():
+            g += 1
             dp.sa_add("dec", sas[g][1])
-            dp.sa_add("enc", sas[g][0])
-            time.sleep(0.01)
-            # the old inbound SA still decrypts what is in flight until removed
+            dp.sa_add("enc", sas[g][0])   # from here the old SA gets nothing new
+            time.sleep(0.02)
+            # the old inbound SA decrypted what was in flight; it is removed now
+            carried.append(next(s["packets"] for s in dp.sa_list("enc")
+                                if s["spi"] == 0x7000 + g - 1))
             dp.sa_remove("enc", 0x7000 + g - 1)
             dp.sa_remove("dec", 0x7000 + g - 1)
         deadline = time.monotonic() + 30
         while not dp.sources_done() and time.monotonic() < deadline:
             time.sleep(0.01)
         dp.wait_idle(0.2, timeout=10)
-        carried.append(dp.sa_list("dec")[0]["packets"])
+        carried.append(dp.sa_list("enc")[0]["packets"])
         dp.stop()
         st = dp.stats()
         assert dp.pool.in_use() == 0
     assert st.drops() == {}, st.summary()
     assert st.stages()["out"]["in"] == n and st.ports()["sink"]["tx_packets"] == n
-    assert 0 < carried[0] < n    # the last generation took over mid-stream
+    assert sum(carried) == n
+    assert sum(1 for c in carried if c) >= 3, carried   # traffic crossed several rekeys
+
+
+# -- the shipped pipeline --------------------------------------------------------------------
+def test_tunnel_gateway_yaml(ring_name):
+    """pipelines/tunnel-gateway.yaml: cleartext in on inside leaves outside as
+    ESP only (scapy decrypts it with the file's keys); the peer's ESP comes
+    out on inside in clear; cleartext on outside never gets in."""
+    pl = Pipeline.load(PIPELINES / "tunnel-gateway.yaml")
+    enc = {s.spi: s for s in pl.stage("encrypt").sas}
+    dec = {s.spi: s for s in pl.stage("decrypt").sas}
+    clear = [eth() / IP(src="10.1.0.9", dst="10.2.3.4") / UDP(dport=53) / tag(i)
+             for i in range(3)]
+    clear += [eth() / IPv6(src="fd00:a::9", dst="fd00:b::4") / TCP(dport=443) / tag(10 + i)
+              for i in range(3)]
+    clear.append(eth() / IP(src="10.1.0.9", dst="8.8.8.8") / UDP() / tag(20))  # no SA
+    s4, s6 = scapy_sa(dec[0x2001]), scapy_sa(dec[0x2002])
+    peer = [eth() / s4.encrypt(IP(src="10.2.0.1", dst="10.1.0.1") / UDP() / tag(30 + i))
+            for i in range(2)]
+    peer += [eth() / s6.encrypt(IPv6(src="fd00:b::1", dst="fd00:a::1") / UDP() / tag(40 + i))
+             for i in range(2)]
+    peer.append(eth() / IP(src="10.2.0.1", dst="10.1.0.1") / UDP() / tag(50))  # cleartext
+    r = run(pl, ring_name, {"inside": clear, "outside": peer})
+    assert r.st.drops() == {"encrypt/no-sa": 1, "decrypt/not-esp": 1}
+    got = []
+    for f in r.out["outside"]:
+        e = Ether(bytes(f))
+        assert e.dst == "02:00:00:00:00:22" and e[IP].proto == 50
+        got.append(pid(scapy_sa(enc[e[ESP].spi]).decrypt(e[IP])))
+    assert sorted(got) == [0, 1, 2, 10, 11, 12]
+    assert sorted(r.ids("inside")) == [30, 31, 40, 41]
+    assert all(Ether(bytes(f)).dst == "02:00:00:00:00:11" for f in r.out["inside"])
+
+
+# -- keys and bad input ------------------------------------------------------------------------
+def test_key_never_shown(ring_name, tmp_path):
+    """The key is not in repr/str, sa_list, sa_events, error messages or the
+    DPDK log; a runtime SA's to_dict hides it; sa_remove zeroes it."""
+    from pydp import eal
+    sa = mk_sa(0x8000, "out", "aes-gcm-256", 4, 4, lifetime={"soft_packets": 1})
+    hexkey = bytes(sa.key).hex()
+    texts = [repr(sa), str(sa), json.dumps(sa.to_dict()), str(sa.selectors)]
+    bad = mk_sa(0x8001, "out", "aes-gcm-128", 4, 4)
+    bad.key = bytearray(sa.key)  # 36 bytes for a 20-byte cipher
+    with pytest.raises(ConfigError) as e:
+        bad.validate()
+    texts.append(str(e.value))
+    with Dataplane(gateway(), ports={"inside": ring_name(), "outside": ring_name()}) as dp:
+        dp.start()
+        dp.sa_add("enc", sa)
+        with pytest.raises(InvalidArgument) as e2:
+            dp.sa_add("dec", sa)  # wrong direction for the stage
+        texts.append(str(e2.value))
+        dp.port("inside").inject([eth() / inner_pkt(1, 4)])
+        dp.port("outside").capture(count=1, timeout=5)
+        texts.append(json.dumps(dp.sa_list("enc")))
+        texts.append(json.dumps(dp.sa_events("enc")))
+        dp.sa_remove("enc", 0x8000)
+        dp.stop()
+    log = eal.info()
+    for t in texts:
+        assert hexkey not in t and hexkey[:16] not in t, t
+    assert "36 bytes" in texts[4] and "key" in texts[4]
+    assert sa.key == bytearray(36)
+    assert log is not None
+
+
+BAD = [
+    ({"spi": 5}, "spi"),
+    ({"spi": 2**32}, "spi"),
+    ({"direction": "both"}, "direction"),
+    ({"cipher": "aes-cbc"}, "cipher"),
+    ({"key": b"\x01" * 16}, "key"),
+    ({"key": "0xzz"}, "key"),
+    ({"tunnel_src": "2001:db8::1"}, "tunnel_dst"),
+    ({"tunnel_dst": "192.0.2.300"}, "tunnel_dst"),
+    ({"selectors": []}, "selectors"),
+    ({"selectors": [{"src": "10.0.0.0/8", "dst": "fd00::/8"}]}, "selectors"),
+    ({"selectors": [{"src": "10.0.0.0/8", "dst": "10.0.0.0/8"},
+                    {"src": "fd00::/8", "dst": "fd00::/8"}]}, "selectors"),
+    ({"selectors": [{"src": "10.0.0.0/8", "dst": "10.0.0.0/8", "dport": "9-1"}]}, "selectors"),
+    ({"selectors": [{"src": "10.0.0.0/8", "dst": "10.0.0.0/8", "proto": "bogus"}]},
+     "selectors"),
+    ({"replay_window": 4097}, "replay_window"),
+    ({"replay_window": -1}, "replay_window"),
+    ({"esn": "yes"}, "esn"),
+    ({"initial_seq": 2**32}, "initial_seq"),
+    ({"ttl": 0}, "ttl"),
+    ({"lifetime": {"soft_bytes": 10, "hard_bytes": 5}}, "lifetime"),
+    ({"lifetime": {"hard_seconds": -1}}, "lifetime"),
+]
+
+
+@pytest.mark.parametrize("change,field", BAD, ids=[f for _, f in BAD])
+def test_bad_sa_rejected_naming_the_field(change, field):
+    d = {"spi": 0x9000, "direction": "out", "cipher": "aes-gcm-128",
+         "key": "0x" + "ab" * 20, "tunnel_src": "192.0.2.1", "tunnel_dst": "192.0.2.2",
+         "selectors": [{"src": "10.0.0.0/8", "dst": "10.0.0.0/8"}]}
+    d.update(change)
+    with pytest.raises(ConfigError) as e:
+        SA.from_dict(d).validate()
+    msg = str(e.value)
+    assert f"{field}:" in msg or f"{field}[" in msg, msg
+    assert "ab" * 8 not in msg
+
+
+def test_bad_sa_in_yaml_names_file_line_and_key(tmp_path):
+    text = (PIPELINES / "tunnel-gateway.yaml").read_text().replace(
+        "        replay_window: 128", "        replay_window: 9999")
+    f = tmp_path / "gw.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        Pipeline.load(f)
+    line = next(i for i, ln in enumerate(text.splitlines(), 1) if "9999" in ln)
+    assert str(e.value).startswith(f"{f}:{line}: ") and "replay_window" in str(e.value)
+    unknown = text.replace("        replay_window: 9999", "        replay_windw: 64")
+    f.write_text(unknown)
+    with pytest.raises(ConfigError) as e:
+        Pipeline.load(f)
+    assert "replay_windw" in str(e.value)
+
+
+def test_sa_add_errors(ring_name):
+    """Duplicate SPI, unknown SPI on remove, a non-ESP stage, a cipher the
+    forced device cannot do: each a clear typed error, nothing published."""
+    from pydp import AlreadyExists, NotFound, NotSupported
+    with Dataplane(gateway(crypto="openssl"), ports={"inside": ring_name(),
+                                                     "outside": ring_name()}) as dp:
+        dp.sa_add("enc", mk_sa(0x9100, "out", "aes-gcm-128", 4, 4))
+        with pytest.raises(AlreadyExists, match="spi"):
+            dp.sa_add("enc", mk_sa(0x9100, "out", "aes-gcm-256", 4, 4))
+        with pytest.raises(NotSupported, match="chacha20-poly1305"):
+            dp.sa_add("enc", mk_sa(0x9101, "out", "chacha20-poly1305", 4, 4))
+        with pytest.raises(NotFound):
+            dp.sa_remove("enc", 0x9999)
+        with pytest.raises(InvalidArgument, match="not an ESP stage"):
+            dp.sa_list("to_out")
+        assert [s["spi"] for s in dp.sa_list("enc")] == [0x9100]
+        assert dp.sa_list("enc")[0]["mode"] == "lookaside"
+
+
+@pytest.mark.parametrize("crypto", ["aesni_mb", "openssl"])
+def test_other_crypto_devices_interoperate(ring_name, crypto):
+    """The same SAs through crypto_aesni_mb (CPU crypto) and crypto_openssl
+    (lookaside, the fallback): scapy decrypts, pydp decrypts scapy."""
+    out = mk_sa(0xA000, "out", "aes-gcm-128", 6, 4)
+    inb = mk_sa(0xA001, "in", "aes-gcm-256", 4, 6)
+    ssa = scapy_sa(inb)
+    r = run(gateway([out], [inb], crypto=crypto), ring_name,
+            {"inside": [eth() / inner_pkt(i, 6) for i in range(3)],
+             "outside": [eth() / ssa.encrypt(inner_pkt(10 + i, 4)) for i in range(3)]})
+    assert r.st.drops() == {}
+    assert sorted(pid(scapy_sa(out).decrypt(outer_ip(f))) for f in r.out["outside"]) == [0, 1, 2]
+    assert sorted(r.ids("inside")) == [10, 11, 12]
