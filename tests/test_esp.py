@@ -571,12 +571,15 @@ def test_sa_add_errors(ring_name):
         assert dp.sa_list("enc")[0]["mode"] == "lookaside"
 
 
-@pytest.mark.parametrize("crypto", ["aesni_mb", "openssl"])
-def test_other_crypto_devices_interoperate(ring_name, crypto):
-    """The same SAs through crypto_aesni_mb (CPU crypto) and crypto_openssl
-    (lookaside, the fallback): scapy decrypts, pydp decrypts scapy."""
-    out = mk_sa(0xA000, "out", "aes-gcm-128", 6, 4)
-    inb = mk_sa(0xA001, "in", "aes-gcm-256", 4, 6)
+@pytest.mark.parametrize("crypto,ciphers", [
+    ("aesni_mb", ("aes-gcm-128", "aes-gcm-256")), ("openssl", ("aes-gcm-128", "aes-gcm-256")),
+    ("chacha20_poly1305", ("chacha20-poly1305", "chacha20-poly1305"))])
+def test_other_crypto_devices_interoperate(ring_name, crypto, ciphers):
+    """SAs through crypto_aesni_mb (CPU crypto), crypto_openssl (lookaside, the
+    fallback) and crypto_chacha20_poly1305 (lookaside): scapy decrypts, pydp
+    decrypts scapy."""
+    out = mk_sa(0xA000, "out", ciphers[0], 6, 4)
+    inb = mk_sa(0xA001, "in", ciphers[1], 4, 6)
     ssa = scapy_sa(inb)
     r = run(gateway([out], [inb], crypto=crypto), ring_name,
             {"inside": [eth() / inner_pkt(i, 6) for i in range(3)],
