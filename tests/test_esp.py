@@ -619,3 +619,39 @@ def test_tunnel_gateway_cli_pcap_and_tshark(tmp_path):
         '"0x000102030405060708090a0b0c0d0e0f10111213"', '"0x0001020304"'))
     line = one_clear_line(pydp("check", str(bad)))
     assert "key: 5 bytes" in line and "000102" not in line
+
+
+def test_spd_picks_sa_by_protocol_and_ports(ring_name):
+    """Selectors with protocol and port ranges: TCP 443 into one SA, UDP 5000-5999
+    into another, the rest of the prefix into a third; no match is no-sa.
+    Ethernet padding is not encrypted; an ESP fragment is not-esp."""
+    web = mk_sa(0xB001, "out", "aes-gcm-128", 4, 4, selectors=[
+        {"src": "10.1.0.0/16", "dst": "10.2.0.0/16", "proto": "tcp", "dport": 443}])
+    udp = mk_sa(0xB002, "out", "aes-gcm-256", 4, 4, selectors=[
+        {"src": "10.1.0.0/16", "dst": "10.2.0.0/16", "proto": 17, "dport": "5000-5999"}])
+    rest = mk_sa(0xB003, "out", "chacha20-poly1305", 4, 4, selectors=[
+        {"src": "10.1.0.0/16", "dst": "10.2.0.0/16"}])
+    # the SPD is newest first: add the catch-all first so it is consulted last
+    pkts = [eth() / inner_pkt(0, 4, TCP(dport=443)), eth() / inner_pkt(1, 4, TCP(dport=80)),
+            eth() / inner_pkt(2, 4, UDP(dport=5000)), eth() / inner_pkt(3, 4, UDP(dport=6000)),
+            eth() / inner_pkt(4, 4, UDP(dport=5999)),
+            eth() / inner_pkt(5, 4, src="10.9.0.1")]
+    padded = eth() / inner_pkt(6, 4, UDP(dport=5001))
+    pkts.append(Ether(bytes(padded) + b"\xee" * 20))       # padding after the IP packet
+    inb = mk_sa(0xB100, "in", "aes-gcm-128", 4, 4)
+    frag = eth() / scapy_sa(inb).encrypt(inner_pkt(9, 4))
+    frag[IP].flags = "MF"
+    del frag[IP].chksum
+    r = run(gateway([rest, udp, web], [inb]), ring_name,
+            {"inside": pkts, "outside": [Ether(bytes(frag))]})
+    assert r.st.drops() == {"enc/no-sa": 1, "dec/not-esp": 1}
+    by = {0xB001: web, 0xB002: udp, 0xB003: rest}
+    got = {}
+    for f in r.out["outside"]:
+        o = outer_ip(f)
+        spi = o[ESP].spi
+        plain = scapy_sa(by[spi]).decrypt(o)
+        got[pid(plain)] = (spi, bytes(plain))
+    assert {k: v[0] for k, v in got.items()} == {0: 0xB001, 1: 0xB003, 2: 0xB002,
+                                                 3: 0xB003, 4: 0xB002, 6: 0xB002}
+    assert got[6][1] == bytes(padded[IP])                  # trimmed to the IP length
