@@ -590,5 +590,27 @@ def sa_events(dp: Dataplane, stage: str) -> list[dict[str, Any]]:
     return out
 
 
-__all__ = ["CIPHERS", "CRYPTO_DEVICES", "Lifetime", "SA", "Selector", "sa_add", "sa_events",
-           "sa_list", "sa_remove"]
+def esp_stages(dp: Dataplane) -> list[str]:
+    """Names of the dataplane's ESP stages (esp_encrypt and esp_decrypt)."""
+    return [st.name for st in dp.pipeline.stages if st.TYPE in ("esp_encrypt", "esp_decrypt")]
+
+
+def state(dp: Dataplane) -> dict[str, list[dict[str, Any]]]:
+    """:func:`sa_list` of every ESP stage, by stage name (what ``pydp tunnel show``
+    reads over the control socket as command ``sas``)."""
+    return {name: sa_list(dp, name) for name in esp_stages(dp)}
+
+
+def redact_keys(doc: Any) -> Any:
+    """A copy of pipeline data (``Pipeline.to_dict()``) with every SA key
+    replaced by ``<hidden>``: for anything shown outside the file itself."""
+    if isinstance(doc, dict):
+        return {k: ("<hidden>" if k == "key" and "spi" in doc else redact_keys(v))
+                for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [redact_keys(x) for x in doc]
+    return doc
+
+
+__all__ = ["CIPHERS", "CRYPTO_DEVICES", "Lifetime", "SA", "Selector", "esp_stages",
+           "redact_keys", "sa_add", "sa_events", "sa_list", "sa_remove", "state"]
