@@ -199,14 +199,15 @@ uint16_t esp_lookaside(struct esp_priv *pr, struct esp_sa *sa,
 {
 	struct rte_crypto_op **cop = pr->la_ops[w->slot];
 	struct rte_crypto_op *done[2 * PD_BURST];
-	uint16_t k, e, d = 0, i, tries = 0;
+	uint16_t k, e, d = 0, i;
 
 	if (unlikely(w->slot >= pr->la_nqp))
 		return 0;
 	k = rte_ipsec_pkt_crypto_prepare(&sa->ss, mb, cop, n);
 	e = rte_cryptodev_enqueue_burst(sa->dev_id, w->slot, cop, k);
-	/* a software PMD finishes at once; never spin for long */
-	while (d < e && tries++ < 1000)
+	/* software PMDs finish within the enqueue or the first dequeue; what
+	 * was enqueued must come back before its mbufs can be touched again */
+	while (d < e)
 		d = (uint16_t)(d + rte_cryptodev_dequeue_burst(sa->dev_id, w->slot,
 							      done + d, e - d));
 	/* ops of a software PMD come back in order; the failed ones are marked
