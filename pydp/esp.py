@@ -156,7 +156,9 @@ class Selector:
 class Lifetime:
     """Soft and hard limits of an SA in seconds, bytes (inner IP bytes) and
     packets; None means no limit. Soft crossings are events (rekey now);
-    at a hard limit the SA stops passing packets (``sa-expired``)."""
+    at a hard limit the SA stops passing packets (``sa-expired``). The
+    fast path checks once per SA group of a burst: seconds (a TSC deadline)
+    and packets are exact, bytes may overshoot by the rest of one burst."""
 
     soft_seconds: float | None = None
     hard_seconds: float | None = None

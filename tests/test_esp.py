@@ -704,3 +704,26 @@ def test_two_workers_share_an_outbound_sa(ring_name):
     ssa = scapy_sa(out)
     assert sorted(pid(ssa.decrypt(outer_ip(f))) for f in frames) == \
         list(range(n)) + list(range(1000, 1000 + n))
+
+
+def test_lifetime_bytes_and_window_zero(ring_name):
+    """Byte limits count inner IP bytes (soft: an event, hard: the SA stops);
+    replay_window 0 turns anti-replay off (the same packet passes again)."""
+    size = len(inner_pkt(0, 4))
+    inb = mk_sa(0xD000, "in", "aes-gcm-128", 4, 4, replay_window=0,
+                lifetime={"soft_bytes": 2 * size, "hard_bytes": 3 * size})
+    ssa = scapy_sa(inb)
+    one = eth() / ssa.encrypt(inner_pkt(7, 4))
+    ev: dict = {}
+
+    def grab(dp: Dataplane) -> Iterator[tuple[str, list]]:
+        yield ("outside", [one])
+        ev["e"] = dp.sa_events("dec")
+        ev["l"] = dp.sa_list("dec")
+
+    r = run(gateway(dec=[inb]), ring_name, {"outside": [one, one, one]}, then=grab)
+    assert r.ids("inside") == [7, 7, 7]
+    assert r.st.drops() == {"dec/sa-expired": 1}
+    assert [(e["event"], e["reason"]) for e in ev["e"]] == [
+        ("soft-expired", "bytes"), ("hard-expired", "bytes")]
+    assert ev["l"][0]["bytes"] == 3 * size and ev["l"][0]["drops"]["sa-expired"] == 1

@@ -181,6 +181,17 @@ static void dec_group(struct pd_stage *st, struct pd_worker *w,
 		esp_sa_drop(sa, ESP_SD_EXPIRED, n);
 		return;
 	}
+	if (sa->hard_packets) {
+		uint64_t pk = __atomic_load_n(&sa->packets, __ATOMIC_RELAXED);
+		uint64_t left = pk < sa->hard_packets ? sa->hard_packets - pk : 0;
+
+		if (left < n) {
+			for (i = (uint16_t)left; i < n; i++)
+				pd_drop(w, st, DEC_EXPIRED, mb[i]);
+			esp_sa_drop(sa, ESP_SD_EXPIRED, n - left);
+			n = (uint16_t)left;
+		}
+	}
 	for (i = 0, k = 0; i < n; i++) {
 		struct rte_mbuf *m = mb[i];
 		struct pd_meta *md = pd_meta(m);
