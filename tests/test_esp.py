@@ -727,3 +727,29 @@ def test_lifetime_bytes_and_window_zero(ring_name):
     assert [(e["event"], e["reason"]) for e in ev["e"]] == [
         ("soft-expired", "bytes"), ("hard-expired", "bytes")]
     assert ev["l"][0]["bytes"] == 3 * size and ev["l"][0]["drops"]["sa-expired"] == 1
+
+
+@pytest.mark.parametrize("inner,outer", COMBOS)
+def test_dscp_and_ecn_across_the_tunnel(ring_name, inner, outer):
+    """Encap copies DSCP and ECN out (RFC 4301, RFC 6040); decap keeps the inner
+    DSCP and carries a CE mark in (the inner IPv4 checksum stays right)."""
+    out = mk_sa(0xE000, "out", "aes-gcm-128", inner, outer)
+    inb = mk_sa(0xE001, "in", "aes-gcm-128", inner, outer)
+    p = inner_pkt(1, inner)
+    setattr(p, "tos" if inner == 4 else "tc", 0xB9)         # DSCP 46, ECT(1)
+    e = scapy_sa(inb).encrypt(p)
+    setattr(e, "tos" if outer == 4 else "tc", 0x03)          # DSCP 0, CE on the way
+    if outer == 4:
+        del e.chksum
+    r = run(gateway([out], [inb]), ring_name, {"inside": [eth() / p],
+                                               "outside": [eth() / e]})
+    assert r.st.drops() == {}
+    o = outer_ip(r.out["outside"][0])
+    assert (o.tos if outer == 4 else o.tc) == 0xB9
+    got = Ether(bytes(r.out["inside"][0])).payload
+    assert (got.tos if inner == 4 else got.tc) == 0xBB
+    want = p.copy()
+    setattr(want, "tos" if inner == 4 else "tc", 0xBB)
+    if inner == 4:
+        del want.chksum                                      # checksum fixed after the mark
+    assert bytes(got) == bytes(want.__class__(bytes(want)))

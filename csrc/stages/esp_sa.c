@@ -409,6 +409,12 @@ static int sa_create(struct pd_stage *st, struct esp_priv *pr,
 	prm.ipsec_xform.spi = c->spi;
 	memcpy(&prm.ipsec_xform.salt, c->key + klen, 4);
 	prm.ipsec_xform.options.esn = sa->esn;
+	/* RFC 4301 5.1.2.1: encap copies the inner DSCP to the outer header
+	 * (decap leaves the inner one alone); ECN as RFC 6040: copied out, a
+	 * CE mark of the outer header carried in on decap (esp_decrypt fixes
+	 * the inner IPv4 checksum rte_ipsec leaves stale then) */
+	prm.ipsec_xform.options.copy_dscp = c->dir == PD_ESP_DIR_OUT;
+	prm.ipsec_xform.options.ecn = 1;
 	prm.ipsec_xform.direction = c->dir == PD_ESP_DIR_OUT ?
 		RTE_SECURITY_IPSEC_SA_DIR_EGRESS : RTE_SECURITY_IPSEC_SA_DIR_INGRESS;
 	prm.ipsec_xform.proto = RTE_SECURITY_IPSEC_SA_PROTO_ESP;
