@@ -753,3 +753,16 @@ def test_dscp_and_ecn_across_the_tunnel(ring_name, inner, outer):
     if inner == 4:
         del want.chksum                                      # checksum fixed after the mark
     assert bytes(got) == bytes(want.__class__(bytes(want)))
+
+
+def test_ipv6_outer_with_extension_header(ring_name):
+    """ESP behind an IPv6 destination-options header decrypts: the parse stage's
+    L4 offset is where ESP starts."""
+    from scapy.layers.inet6 import IPv6ExtHdrDestOpt
+    inb = mk_sa(0xF000, "in", "aes-gcm-256", 4, 6)
+    e = scapy_sa(inb).encrypt(inner_pkt(3, 4))
+    hdr = IPv6(src=inb.tunnel_src, dst=inb.tunnel_dst) / IPv6ExtHdrDestOpt()
+    frame = eth() / hdr / e[ESP]
+    assert IPv6ExtHdrDestOpt in Ether(bytes(frame))
+    r = run(gateway(dec=[inb]), ring_name, {"outside": [frame]})
+    assert r.st.drops() == {} and r.ids("inside") == [3]
