@@ -193,6 +193,24 @@ class Lifetime:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
 
+def _selector(i: int, s: Any) -> Any:
+    """selectors[i] as a Selector (a mapping is checked key by key)."""
+    if isinstance(s, Selector):
+        return s
+    if not isinstance(s, dict):
+        raise ConfigError(f"selectors[{i}]: must be a mapping with src and dst",
+                          key="selectors", path=("selectors", i))
+    allowed = [f.name for f in dataclasses.fields(Selector)]
+    for k in s:
+        if k not in allowed:
+            raise ConfigError(f"selectors[{i}] has no key '{k}' (allowed: "
+                              f"{', '.join(allowed)})", key=k, path=("selectors", i, k))
+    for k in ("src", "dst"):
+        if k not in s:
+            raise ConfigError(f"selectors[{i}] needs {k}", key=k, path=("selectors", i))
+    return Selector(**dict(s))
+
+
 def _key_bytes(v: Any) -> bytearray:
     """Key material from bytes, a bytearray or a hex string (YAML)."""
     if isinstance(v, (bytes, bytearray, memoryview)):
@@ -229,9 +247,8 @@ class SA:
 
     def __post_init__(self) -> None:
         self.key = _key_bytes(self.key)
-        sels = self.selectors if isinstance(self.selectors, list) else self.selectors
-        if isinstance(sels, list):
-            self.selectors = [Selector(**s) if isinstance(s, dict) else s for s in sels]
+        if isinstance(self.selectors, list):
+            self.selectors = [_selector(i, s) for i, s in enumerate(self.selectors)]
         if isinstance(self.lifetime, dict):
             self.lifetime = Lifetime(**self.lifetime)
 
@@ -251,24 +268,7 @@ class SA:
         if not isinstance(sels, list):
             raise ConfigError("selectors: must be a list", key="selectors")
         fixed = dict(d)
-        out = []
-        for i, s in enumerate(sels):
-            if isinstance(s, Selector):
-                out.append(s)
-                continue
-            if not isinstance(s, dict):
-                raise ConfigError(f"selectors[{i}]: must be a mapping with src and dst",
-                                  key="selectors", path=("selectors", i))
-            allowed = [f.name for f in dataclasses.fields(Selector)]
-            for k in s:
-                if k not in allowed:
-                    raise ConfigError(f"selectors[{i}] has no key '{k}' (allowed: "
-                                      f"{', '.join(allowed)})", key=k, path=("selectors", i, k))
-            for k in ("src", "dst"):
-                if k not in s:
-                    raise ConfigError(f"selectors[{i}] needs {k}", key=k, path=("selectors", i))
-            out.append(Selector(**dict(s)))
-        fixed["selectors"] = out
+        fixed["selectors"] = [_selector(i, s) for i, s in enumerate(sels)]
         lt = d.get("lifetime")
         if lt is not None and not isinstance(lt, (dict, Lifetime)):
             raise ConfigError("lifetime: must be a mapping", key="lifetime")

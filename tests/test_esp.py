@@ -512,6 +512,7 @@ BAD = [
     ({"selectors": [{"src": "10.0.0.0/8", "dst": "10.0.0.0/8", "dport": "9-1"}]}, "selectors"),
     ({"selectors": [{"src": "10.0.0.0/8", "dst": "10.0.0.0/8", "proto": "bogus"}]},
      "selectors"),
+    ({"selectors": [{"src": "10.0.0.0/8", "dstx": "10.0.0.0/8"}]}, "selectors"),
     ({"replay_window": 4097}, "replay_window"),
     ({"replay_window": -1}, "replay_window"),
     ({"esn": "yes"}, "esn"),
