@@ -506,6 +506,14 @@ def sa_remove(dp: Dataplane, stage: str, spi: int) -> None:
     getattr(dp, "_esp_seen", {}).pop((stage, spi), None)
 
 
+def wipe_all(dp: Dataplane) -> None:
+    """Zero the keys of every SA given to :func:`sa_add` (the dataplane closed:
+    its C side destroyed them all). Static SAs of the pipeline file stay."""
+    for sa in _registry(dp).values():
+        sa.wipe()
+    _registry(dp).clear()
+
+
 def sa_drop_names() -> list[str]:
     """The per-SA drop reasons, in the C order."""
     return [cstr(lib.pd_esp_sa_drop_name(i)) for i in range(lib.PD_ESP_N_SA_DROPS)]
