@@ -19,10 +19,15 @@ peer. ``key`` is the RFC 4106/7634 keying material: the cipher key followed
 by the 4-byte salt (20 bytes for aes-gcm-128, 36 for aes-gcm-256 and
 chacha20-poly1305). It is never shown: not in ``repr``, not in
 :func:`sa_list`, not in error messages. The SA keeps its own ``bytearray``
-copy (zeroed by :func:`sa_remove`); a ``bytes`` object the caller passed
+copy (zeroed by :func:`sa_remove`, and by ``Dataplane.close()`` for every SA
+it was given); a ``bytes`` object the caller passed
 cannot be wiped by pydp and stays the caller's to drop. In C the key lives
 only in the cryptodev session (cleared by the PMD when the SA is removed)
 and, for the duration of the add, in a config struct that is zeroed.
+
+One SA carries one inner family: its selectors are all IPv4 or all IPv6
+(rte_ipsec fixes the ESP next header per SA). A tunnel carrying both
+families uses one SA pair per family, with distinct SPIs.
 
 Multiple workers: an outbound SA may be shared (atomic sequence numbers);
 an inbound SA's replay window has one writer, so its packets must reach
