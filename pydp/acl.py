@@ -241,7 +241,8 @@ def info(target: Any, stage: int | str) -> dict[str, int]:
     check(lib.pd_policy_info(cp, idx, out))
     return {k: int(getattr(out, k)) for k in (
         "generation", "build_ns", "publish_ns", "n_rules4", "n_rules6", "n_ids",
-        "default_allow", "conntrack_stage")}
+        "default_allow", "conntrack_stage", "n_acl", "n_classes", "revalidate_ns",
+        "flows_revalidated", "flows_revoked")}
 
 
 # -- policy files ------------------------------------------------------------------------

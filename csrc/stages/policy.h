@@ -50,6 +50,9 @@
 
 /* conntrack tag of a flow passed by the default policy (no rule matched) */
 #define PD_POLICY_TAG_DEFAULT UINT32_MAX
+/* conntrack tag of a flow a later commit no longer allows (its packets are
+ * dropped as "revoked" until a commit allows it again) */
+#define PD_POLICY_TAG_REVOKED (UINT32_MAX - 1)
 
 enum pd_policy_edge { PD_POLICY_NEXT = 0, PD_POLICY_OTHER };
 #endif
