@@ -833,9 +833,31 @@ class Policy:
         raise ConfigError(f"policy has no rule '{name}'", key=name)
 
     def select(self, selector: Any) -> list[Identity]:
-        """The identities a label selector picks (none for a CIDR selector)."""
+        """The identities a label selector picks (none for a CIDR selector), in file order.
+
+        Uses an index (label -> identity positions, built once like the address
+        cache): scanning every identity per selector made compiling a 4k-identity,
+        1.7k-rule mesh policy take 7 s, almost all of it in ``Selector.matches``.
+        """
         sel = Selector.parse(selector)
-        return [i for i in self.identities if sel.matches(i)]
+        if sel.is_cidr:
+            return []
+        if not sel.labels:
+            return list(self.identities)
+        index = self._cache.get("label-index")
+        if index is None:
+            index = {}
+            for pos, ident in enumerate(self.identities):
+                for kv in ident.labels.items():
+                    index.setdefault(kv, set()).add(pos)
+            self._cache["label-index"] = index
+        hits: set[int] | None = None
+        for kv in sel.labels:
+            got = index.get(tuple(kv), set())
+            hits = set(got) if hits is None else hits & got
+            if not hits:
+                return []
+        return [self.identities[p] for p in sorted(hits or ())]
 
     def addresses(self, selector: Any) -> tuple[list[IPNetwork], list[IPNetwork]]:
         """The IPv4 and IPv6 prefixes a selector covers, merged (cached)."""
