@@ -1133,10 +1133,11 @@ static inline uint32_t key_ports(const struct rte_mbuf *mb,
 	return ports;
 }
 
-/* A new packet the policy lets through: confirm its flow, then pass it. */
+/* A new packet the policy lets through: confirm its flow, then pass it.
+ * *fresh: a flow was confirmed in this burst (see pol_stateful_late). */
 static inline void pol_pass_new(struct pd_stage *st, struct pd_worker *w,
 				struct pd_stage *ct, struct rte_mbuf *mb,
-				uint32_t tag)
+				uint32_t tag, bool *fresh)
 {
 	if (ct) {
 		int rc = pd_conntrack_confirm(ct, w, mb, tag);
@@ -1146,15 +1147,25 @@ static inline void pol_pass_new(struct pd_stage *st, struct pd_worker *w,
 				mb);
 			return;
 		}
+		*fresh = true;
 	}
 	pd_emit(w, st, PD_POLICY_NEXT, mb);
 }
 
-/* Before a deny: a flow opened earlier in this very burst lets it pass. */
+/*
+ * Before a deny: a flow opened earlier in this very burst lets it pass (a
+ * reply in the same burst as its connection's first packet). Only worth a
+ * second conntrack lookup when this burst confirmed a flow: without that
+ * test every denied packet paid it. A reply handled by another worker needs
+ * no recheck: the first packet was confirmed before it was sent, so its
+ * reply finds the flow in the conntrack stage.
+ */
 static inline bool pol_stateful_late(struct pd_stage *st, struct pd_worker *w,
-				     struct pd_stage *ct, struct rte_mbuf *mb)
+				     struct pd_stage *ct, struct rte_mbuf *mb,
+				     bool fresh)
 {
-	if (!ct || !pd_conntrack_recheck || pd_conntrack_recheck(ct, w, mb) < 0)
+	if (!fresh || !ct || !pd_conntrack_recheck ||
+	    pd_conntrack_recheck(ct, w, mb) < 0)
 		return false;
 	w->ctr[st->ctr_extra + POL_X_STATEFUL]++;
 	pd_emit(w, st, PD_POLICY_NEXT, mb);
@@ -1164,27 +1175,27 @@ static inline bool pol_stateful_late(struct pd_stage *st, struct pd_worker *w,
 static inline void pol_verdict(struct pd_stage *st, struct pd_worker *w,
 			       struct pd_stage *ct, uint64_t *row,
 			       int default_allow, struct rte_mbuf *mb,
-			       uint32_t res)
+			       uint32_t res, bool *fresh)
 {
 	uint32_t id;
 
 	if (res == 0) {
 		if (default_allow) {
 			w->ctr[st->ctr_extra + POL_X_DEFAULT_ALLOW]++;
-			pol_pass_new(st, w, ct, mb, PD_POLICY_TAG_DEFAULT);
-		} else if (!pol_stateful_late(st, w, ct, mb)) {
+			pol_pass_new(st, w, ct, mb, PD_POLICY_TAG_DEFAULT, fresh);
+		} else if (!pol_stateful_late(st, w, ct, mb, *fresh)) {
 			pd_drop(w, st, POL_DEFAULT_DENY, mb);
 		}
 		return;
 	}
 	res--;
 	id = res >> 1;
-	if (!(res & 1) && pol_stateful_late(st, w, ct, mb))
+	if (!(res & 1) && pol_stateful_late(st, w, ct, mb, *fresh))
 		return;  /* not this rule's hit: its flow was allowed */
 	row[2 * id]++;
 	row[2 * id + 1] += rte_pktmbuf_pkt_len(mb);
 	if (res & 1)
-		pol_pass_new(st, w, ct, mb, id);
+		pol_pass_new(st, w, ct, mb, id, fresh);
 	else
 		pd_drop(w, st, POL_POLICY_DENY, mb);
 }
@@ -1211,6 +1222,7 @@ static void policy_process(struct pd_stage *st, struct pd_worker *w,
 	uint16_t x4[PD_BURST * 2], x6[PD_BURST * 2];
 	uint64_t *row = NULL;
 	int def = 0;
+	bool fresh = false;
 	uint16_t i, nk = 0, n4 = 0, n6 = 0;
 
 	for (i = 0; i < n; i++) {
@@ -1287,7 +1299,7 @@ static void policy_process(struct pd_stage *st, struct pd_worker *w,
 			memset(r, 0, n4 * sizeof(r[0]));
 		}
 		for (i = 0; i < n4; i++)
-			pol_verdict(st, w, ct, row, def, v[x4[i]], r[i]);
+			pol_verdict(st, w, ct, row, def, v[x4[i]], r[i], &fresh);
 	}
 	if (n6) {
 		if (t && t->acl6) {
@@ -1307,7 +1319,7 @@ static void policy_process(struct pd_stage *st, struct pd_worker *w,
 			memset(r, 0, n6 * sizeof(r[0]));
 		}
 		for (i = 0; i < n6; i++)
-			pol_verdict(st, w, ct, row, def, v[x6[i]], r[i]);
+			pol_verdict(st, w, ct, row, def, v[x6[i]], r[i], &fresh);
 	}
 }
 
