@@ -357,9 +357,11 @@ def test_firewall_policy_example():
     assert v("10.0.1.10", "10.0.3.10", "tcp", 5555, 5432) == ("deny", "web-never-to-db")
     assert v("10.0.9.2", "10.0.3.10", "tcp", 5555, 22) == ("allow", "ops-ssh-and-ping")
     assert v("10.0.9.2", "10.0.3.10", "icmp") == ("allow", "ops-ssh-and-ping")
+    assert v("172.16.0.9", "10.0.2.3", "udp", 1024, 5001) == ("allow", "loadgen-to-api")
+    assert v("172.16.0.9", "10.0.2.3", "udp", 1024, 5002) == ("deny", None)
     assert v("10.0.2.3", "10.0.1.10", "tcp", 5555, 80) == ("deny", None)
     acl, n_ids = compile_policy(p)
-    assert n_ids == len(p.rules) == 6 and acl
+    assert n_ids == len(p.rules) == 7 and acl
 
 
 def test_lint_flags_empty_selectors_and_shared_addresses():
