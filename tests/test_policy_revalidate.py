@@ -104,3 +104,35 @@ def test_revalidation_moves_a_flow_to_the_rule_that_now_allows_it(ring_name):
     assert seen["info"]["flows_revoked"] == 0
     assert sorted(r.ids("out")) == [0, 1, 2, 3]
     assert r.st.drops() == {}
+
+
+def test_ipv6_flow_revoked(ring_name):
+    """The same for an IPv6 connection: the flow's original tuple is looked up again."""
+    from scapy.layers.inet6 import IPv6
+
+    r6 = AclRule(0, action="allow", src="fd00:a::/64", dst="fd00:b::1/128", proto=6, dport=22)
+    keep = AclRule(1, action="allow", src="fd00:a::/64", dst="fd00:b::2/128", proto=6,
+                   dport=22)
+    pl = Pipeline("rv6", ports=["in", "out"], inputs={"in": "parse"}, stages=[
+        Parse("parse", next="ct"),
+        STAGE_TYPES["conntrack"]("ct", next="pol", capacity=16, mode="confirm"),
+        Policy("pol", next="fwd", conntrack="ct").use([r6, keep], 2),
+        Forward("fwd", port="out", keep_src_mac=True)])
+
+    def p6(i: int, src: str, dst: str, sport: int, dport: int) -> Any:
+        return eth() / IPv6(src=src, dst=dst) / TCP(sport=sport, dport=dport) / tag(i)
+
+    seen: dict[str, Any] = {}
+
+    def then(dp: Dataplane) -> Any:
+        acl.commit(dp, "pol", [keep], 2)
+        seen["info"] = acl.info(dp, "pol")
+        yield ("in", [p6(2, "fd00:a::5", "fd00:b::1", 999, 22),
+                      p6(3, "fd00:b::1", "fd00:a::5", 22, 999),
+                      p6(4, "fd00:a::5", "fd00:b::2", 999, 22)])
+
+    r = run(pl, ring_name, {"in": [p6(0, "fd00:a::5", "fd00:b::1", 999, 22),
+                                   p6(1, "fd00:a::5", "fd00:b::2", 999, 22)]}, then=then)
+    assert seen["info"]["flows_revoked"] == 1
+    assert sorted(r.ids("out")) == [0, 1, 4]
+    assert r.st.drops() == {"pol/revoked": 2}
