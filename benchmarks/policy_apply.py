@@ -26,8 +26,10 @@ flows (UDP 172.16.0.0/16 -> 10.0.2.0/24:5001), which every rule set allows
 ``lost`` (packets not forwarded while the commits ran) must be 0. Per size it
 prints the median of ``--repeat`` commits of the same rule set:
 
-* ``pycompile``: mesh only: compile_policy (Policy -> AclRules), Python;
-* ``marshal``: Python packing the AclRules into the C array (rules_array);
+* ``pycompile``: mesh only: compile_policy_array (Policy -> the C array),
+  Python, as a policy stage or ``pydp policy apply`` runs it;
+* ``marshal``: packing AclRules into the C array (rules_array; ~0 for mesh,
+  which is an array already);
 * ``compile``: the core: classes, merge, prefix tables, rte_acl builds;
 * ``publish``: pd_rcu_swap: pointer exchange, grace period, free of the old table;
 * ``total``: the acl.commit() call seen from Python, marshal included;
@@ -55,6 +57,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS_S = {10000: 0.100, 100000: 1.0}
@@ -153,14 +157,15 @@ def gen_policy(n: int, v6_share: float = 0.2, seed: int = 1) -> tuple[list, int]
 
 
 def gen_mesh_rules(n: int, v6_share: float = 0.2, seed: int = 1) -> tuple[list, int, float]:
-    """The mesh policy (benchmarks/mesh.py) compiled: (rules, n_ids, compile seconds)."""
+    """The mesh policy (benchmarks/mesh.py) compiled as a stage or `pydp policy apply`
+    does (compile_policy_array: already the C array): (rules, n_ids, compile seconds)."""
     from mesh import gen_mesh
 
-    from pydp.policy import compile_policy
+    from pydp.policy import compile_policy_array
 
     pol = gen_mesh(n, v6_share, seed)
     t0 = time.perf_counter()
-    rules, n_ids = compile_policy(pol)
+    rules, n_ids = compile_policy_array(pol)
     return rules, n_ids, time.perf_counter() - t0
 
 
@@ -208,7 +213,7 @@ def measure_commits(shapes: list[str], sizes: list[int], repeat: int,
                 for _ in range(repeat):
                     st0 = dp.stats()
                     t0 = time.perf_counter()
-                    arr = acl.rules_array(rules)
+                    arr = rules if isinstance(rules, np.ndarray) else acl.rules_array(rules)
                     t1, c1 = time.perf_counter(), time.thread_time()
                     acl.commit(dp, "pol", arr, n_ids)
                     t2, c2 = time.perf_counter(), time.thread_time()

@@ -123,9 +123,9 @@ class AclRule:
 
 @dataclass
 class CompiledPolicy:
-    """What a policy compiles to: rules, how many rule ids, and the default."""
+    """What a policy compiles to: rules (AclRules or a :func:`rules_array`), ids, default."""
 
-    rules: list[AclRule] = field(default_factory=list)
+    rules: list[AclRule] | np.ndarray = field(default_factory=list)
     n_ids: int | None = None
     default_allow: bool = False
 
@@ -133,6 +133,8 @@ class CompiledPolicy:
         """``n_ids``, or one past the highest rule id when it is not set."""
         if self.n_ids is not None:
             return self.n_ids
+        if isinstance(self.rules, np.ndarray):
+            return int(self.rules["id"].max()) + 1 if len(self.rules) else 0
         return max((r.id for r in self.rules), default=-1) + 1
 
 

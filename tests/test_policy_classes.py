@@ -144,3 +144,35 @@ def test_verdicts_match_reference(ring_name, cross):
         assert info["n_acl"] < len(rules) / 2, info
     else:
         assert info["n_acl"] >= info["n_rules4"], info
+
+
+def test_compile_policy_array_matches_compile_policy():
+    """The numpy compile (what stages and `pydp policy apply` commit) is row for row
+    the AclRule compile packed by rules_array, padding included."""
+    from pathlib import Path
+
+    from pydp import acl
+    from pydp.policy import compile_policy, compile_policy_array
+    from pydp.policy.model import Policy
+
+    shipped = Policy.load(Path(__file__).resolve().parent.parent / "pipelines" / "policies"
+                          / "firewall.yaml")
+    odd = Policy.loads("""\
+identities:
+  a: {labels: {x: "1"}, addresses: [10.0.0.0/24, 10.0.1.7, "fd00::/64"]}
+  b: {labels: {x: "2"}, addresses: [10.1.0.1, 10.1.0.2, "fd00:1::1"]}
+rules:
+  - {name: r1, action: allow, from: {x: "1"}, to: {x: "2"},
+     ports: [tcp/80, "udp/1000-2000", icmp, icmpv6]}
+  - {name: r2, action: deny, from: {cidr: [0.0.0.0/0, "::/0"], except: [10.0.0.0/8]},
+     to: any}
+  - {name: r3, action: allow, from: any, to: {x: "1"}}
+default: allow
+""")
+    empty = Policy.loads("rules: []\n")
+    for pol in (shipped, odd, empty):
+        rules, n_ids = compile_policy(pol)
+        arr, n2 = compile_policy_array(pol)
+        assert n2 == n_ids
+        assert arr.dtype == acl.RULE_DTYPE
+        assert arr.tobytes() == acl.rules_array(rules).tobytes()
