@@ -877,7 +877,8 @@ static uint32_t flow_verdict(const struct pol_table *t, const struct pd_flow *f)
  * direction, as "revoked"; a later commit that allows it again re-tags it.
  * The tag changes with a compare-and-swap on the flow word (pd_flow_set_tag),
  * so a worker updating the flow's state meanwhile loses nothing.
- * Measured: about 0.2 microseconds per flow (10k flows: 2 ms).
+ * Measured: 0.15-0.21 microseconds per flow (65,534 flows: 10-14 ms, the
+ * 10k-rule mesh policy, source traffic running).
  */
 static int pol_revalidate(struct pd_stage *st, struct pd_pipeline *p,
 			  const struct pol_table *t)
