@@ -203,6 +203,8 @@ struct pd_policy_info {
 	uint64_t revalidate_ns;      /* last commit: walk of the flow table */
 	uint64_t flows_revalidated;  /* live flows the last commit looked at */
 	uint64_t flows_revoked;      /* of those, no longer allowed */
+	uint32_t acl_built;   /* families whose rte_acl context the last commit built */
+	uint32_t acl_reused;  /* families whose rules were unchanged: context shared */
 };
 /* Build a complete new table and publish it; on error the old one stays. */
 int pd_policy_commit(struct pd_pipeline *p, int stage,

@@ -244,7 +244,7 @@ def info(target: Any, stage: int | str) -> dict[str, int]:
     return {k: int(getattr(out, k)) for k in (
         "generation", "build_ns", "publish_ns", "n_rules4", "n_rules6", "n_ids",
         "default_allow", "conntrack_stage", "n_acl", "n_classes", "revalidate_ns",
-        "flows_revalidated", "flows_revoked")}
+        "flows_revalidated", "flows_revoked", "acl_built", "acl_reused")}
 
 
 # -- policy files ------------------------------------------------------------------------

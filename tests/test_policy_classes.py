@@ -176,3 +176,28 @@ default: allow
         assert n2 == n_ids
         assert arr.dtype == acl.RULE_DTYPE
         assert arr.tobytes() == acl.rules_array(rules).tobytes()
+
+
+def test_unchanged_family_is_not_rebuilt(ring_name):
+    """A commit that changes only IPv6 rules shares the IPv4 context (and the reverse);
+    an identical commit builds nothing; verdicts stay right either way."""
+    v4 = [AclRule(0, 5, 4, 6, "10.0.0.0/24", "10.1.0.0/24", None, 80, "allow"),
+          AclRule(0, 5, 4, 6, "10.0.5.0/24", "10.1.0.0/24", None, 80, "allow")]
+    v6a = [AclRule(1, 4, 6, 6, "fd00::/64", "fd00:1::/64", None, 22, "allow")]
+    v6b = [AclRule(1, 4, 6, 6, "fd00::/64", "fd00:1::/64", None, 2222, "allow")]
+    seen: list[dict] = []
+
+    def then(dp: Any) -> Any:
+        from pydp import acl
+        for rules in (v4 + v6b, v4 + v6b, v4[:1] + v6b):
+            acl.commit(dp, "pol", rules, 2)
+            seen.append(acl.info(dp, "pol"))
+        yield ("in", [eth() / IP(src="10.0.0.9", dst="10.1.0.9") / TCP(dport=80) / tag(1),
+                      eth() / IP(src="10.0.5.9", dst="10.1.0.9") / TCP(dport=80) / tag(2),
+                      eth() / IPv6(src="fd00::9", dst="fd00:1::9") / TCP(dport=22) / tag(3),
+                      eth() / IPv6(src="fd00::9", dst="fd00:1::9") / TCP(dport=2222) / tag(4)])
+
+    r = run(fw(v4 + v6a, 2), ring_name, {"in": []}, then=then)
+    assert [(i["acl_built"], i["acl_reused"]) for i in seen] == [(1, 1), (0, 2), (1, 1)]
+    assert sorted(r.ids("out")) == [1, 4]
+    assert r.st.drops() == {"pol/default-deny": 2}
