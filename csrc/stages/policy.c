@@ -1237,7 +1237,9 @@ static inline void pol_pass_new(struct pd_stage *st, struct pd_worker *w,
  * Before a deny: a flow opened earlier in this very burst lets it pass (a
  * reply in the same burst as its connection's first packet). Only worth a
  * second conntrack lookup when this burst confirmed a flow: without that
- * test every denied packet paid it. A reply handled by another worker needs
+ * test every denied packet paid it (benchmarks/firewall.py, 10k rules, half
+ * the flows denied: 177-181 cycles per packet before, 142-143 after). A
+ * reply handled by another worker needs
  * no recheck: the first packet was confirmed before it was sent, so its
  * reply finds the flow in the conntrack stage.
  */
@@ -1285,7 +1287,10 @@ static inline void pol_verdict(struct pd_stage *st, struct pd_worker *w,
  * Per burst: the addresses of the packets without a flow go through one
  * bulk rte_lpm (IPv4) and one bulk rte_lpm6 (IPv6) lookup for their
  * classes, then all of them, both families, through one rte_acl_classify.
- * Measured: see docs/architecture.md (policy) and benchmarks/README.md.
+ * Measured (benchmarks/firewall.py, on-CPU, 10k mesh rules): parse ->
+ * policy -> forward 127-129 cycles per packet against 61 for parse ->
+ * forward; behind conntrack (known flows skip both lookups) the firewall
+ * costs 140-149.
  */
 static void policy_process(struct pd_stage *st, struct pd_worker *w,
 			   struct rte_mbuf **pkts, uint16_t n)
