@@ -638,7 +638,8 @@ static int lpm_sync(const struct pd_stage *st, struct pol_table *t,
 	return 0;
 }
 
-static int family_build(const struct pd_stage *st, struct pol_table *t,
+/* Collect one family's prefixes (src and dst of its rules) and number them. */
+static int family_build(const struct pd_stage *st,
 			const struct pd_acl_rule *rules, unsigned n_rules,
 			uint8_t family, struct pol_fam *f, uint32_t *next)
 {
@@ -673,7 +674,6 @@ static int family_build(const struct pd_stage *st, struct pol_table *t,
 		return PD_ERR(E2BIG, "stage '%s': %u address classes: the %s prefix "
 			      "table holds at most %u", st->name, f->root_end,
 			      family_name(family), (family == 4 ? 1u << 24 : 1u << 21) - 1);
-	RTE_SET_USED(t);
 	return 0;
 }
 
@@ -854,7 +854,7 @@ static int table_build(const struct pd_stage *st, struct pol_table *t,
 	if (!m)
 		return PD_ERR(ENOMEM, "stage '%s': out of memory", st->name);
 	if (t->n6) {
-		if ((rc = family_build(st, t, rules, n_rules, 6, &f6, &next6)) < 0)
+		if ((rc = family_build(st, rules, n_rules, 6, &f6, &next6)) < 0)
 			goto out;
 		t->root6 = f6.root;
 		mrules_of(m, &n, rules, n_rules, 6, &f6, false);
@@ -868,7 +868,7 @@ static int table_build(const struct pd_stage *st, struct pol_table *t,
 	}
 	if (t->n4) {
 		memset(m, 0, ((size_t)n_rules + 1) * sizeof(*m));
-		if ((rc = family_build(st, t, rules, n_rules, 4, &f4, &next4)) < 0)
+		if ((rc = family_build(st, rules, n_rules, 4, &f4, &next4)) < 0)
 			goto out;
 		t->root4 = f4.root;
 		mrules_of(m, &n, rules, n_rules, 4, &f4, false);
