@@ -198,6 +198,13 @@ struct pd_policy_info {
 	uint32_t n_ids;
 	int32_t default_allow;
 	int32_t conntrack_stage;  /* -1: stateless */
+	uint32_t n_acl;       /* rte_acl rules after the class merge (policy.c) */
+	uint32_t n_classes;   /* address classes (prefixes + one root per family) */
+	uint64_t revalidate_ns;      /* last commit: walk of the flow table */
+	uint64_t flows_revalidated;  /* live flows the last commit looked at */
+	uint64_t flows_revoked;      /* of those, no longer allowed */
+	uint32_t acl_built;   /* families whose rte_acl context the last commit built */
+	uint32_t acl_reused;  /* families whose rules were unchanged: context shared */
 };
 /* Build a complete new table and publish it; on error the old one stays. */
 int pd_policy_commit(struct pd_pipeline *p, int stage,

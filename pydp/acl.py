@@ -123,9 +123,9 @@ class AclRule:
 
 @dataclass
 class CompiledPolicy:
-    """What a policy compiles to: rules, how many rule ids, and the default."""
+    """What a policy compiles to: rules (AclRules or a :func:`rules_array`), ids, default."""
 
-    rules: list[AclRule] = field(default_factory=list)
+    rules: list[AclRule] | np.ndarray = field(default_factory=list)
     n_ids: int | None = None
     default_allow: bool = False
 
@@ -133,6 +133,8 @@ class CompiledPolicy:
         """``n_ids``, or one past the highest rule id when it is not set."""
         if self.n_ids is not None:
             return self.n_ids
+        if isinstance(self.rules, np.ndarray):
+            return int(self.rules["id"].max()) + 1 if len(self.rules) else 0
         return max((r.id for r in self.rules), default=-1) + 1
 
 
@@ -241,7 +243,8 @@ def info(target: Any, stage: int | str) -> dict[str, int]:
     check(lib.pd_policy_info(cp, idx, out))
     return {k: int(getattr(out, k)) for k in (
         "generation", "build_ns", "publish_ns", "n_rules4", "n_rules6", "n_ids",
-        "default_allow", "conntrack_stage")}
+        "default_allow", "conntrack_stage", "n_acl", "n_classes", "revalidate_ns",
+        "flows_revalidated", "flows_revoked", "acl_built", "acl_reused")}
 
 
 # -- policy files ------------------------------------------------------------------------

@@ -396,9 +396,16 @@ class Policy(Stage):
 
     def use(self, rules: list, n_ids: int | None = None,
             default_allow: bool = False) -> Policy:
-        """Commit these compiled rules (:class:`pydp.acl.AclRule`) when the dataplane starts."""
+        """Commit these compiled rules when the dataplane starts.
+
+        ``rules``: :class:`pydp.acl.AclRule` objects, or an array from
+        :func:`pydp.acl.rules_array` / :func:`pydp.policy.compile_policy_array`.
+        """
+        import numpy as np
+
         from .acl import CompiledPolicy
-        self._compiled = CompiledPolicy(list(rules), n_ids, default_allow)
+        self._compiled = CompiledPolicy(rules if isinstance(rules, np.ndarray) else list(rules),
+                                        n_ids, default_allow)
         return self
 
     def policy_path(self) -> str | None:

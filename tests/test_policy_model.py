@@ -357,9 +357,11 @@ def test_firewall_policy_example():
     assert v("10.0.1.10", "10.0.3.10", "tcp", 5555, 5432) == ("deny", "web-never-to-db")
     assert v("10.0.9.2", "10.0.3.10", "tcp", 5555, 22) == ("allow", "ops-ssh-and-ping")
     assert v("10.0.9.2", "10.0.3.10", "icmp") == ("allow", "ops-ssh-and-ping")
+    assert v("172.16.0.9", "10.0.2.3", "udp", 1024, 5001) == ("allow", "loadgen-to-api")
+    assert v("172.16.0.9", "10.0.2.3", "udp", 1024, 5002) == ("deny", None)
     assert v("10.0.2.3", "10.0.1.10", "tcp", 5555, 80) == ("deny", None)
     acl, n_ids = compile_policy(p)
-    assert n_ids == len(p.rules) == 6 and acl
+    assert n_ids == len(p.rules) == 7 and acl
 
 
 def test_lint_flags_empty_selectors_and_shared_addresses():
@@ -370,3 +372,23 @@ def test_lint_flags_empty_selectors_and_shared_addresses():
     assert any("'c' has no addresses" in m for m in lint)
     assert any("from selector x=2 matches no identity" in m for m in lint)
     assert any("'a' and 'b' share addresses" in m for m in lint)
+
+
+def test_collapse_matches_ipaddress():
+    """The integer merge gives exactly ipaddress.collapse_addresses' prefixes."""
+    import ipaddress
+    import random
+
+    from pydp.policy.model import collapse
+
+    rnd = random.Random(3)
+    for _ in range(300):
+        nets4 = [ipaddress.ip_network((10 << 24 | rnd.getrandbits(10) << rnd.choice((0, 4, 8)),
+                                       rnd.choice((22, 24, 28, 30, 31, 32, 32, 32))),
+                                      strict=False) for _ in range(rnd.randint(1, 40))]
+        nets6 = [ipaddress.ip_network((0xFD << 120 | rnd.getrandbits(8) << rnd.choice((0, 64)),
+                                       rnd.choice((56, 64, 120, 127, 128, 128))), strict=False)
+                 for _ in range(rnd.randint(0, 20))]
+        got4, got6 = collapse(nets4 + nets6)
+        assert got4 == list(ipaddress.collapse_addresses(nets4))
+        assert got6 == list(ipaddress.collapse_addresses(nets6))

@@ -6,7 +6,8 @@
  * next, so a firewall never drops ARP silently: link `other` to a drop
  * stage to refuse it). Drops: policy-deny (a deny rule matched),
  * default-deny (no rule matched and the default is deny, or no policy was
- * committed yet), flow-table-full and conntrack-error (see below). Extra
+ * committed yet), revoked (a packet of a flow a later commit no longer
+ * allows), flow-table-full and conntrack-error (see below). Extra
  * counters: stateful (passed as part of a flow conntrack already knows),
  * default-allow (no rule matched, passed by default_allow).
  *
@@ -19,15 +20,18 @@
  * later fragments, no L4 header) they are 0, so only a rule whose port
  * ranges include 0 matches such a packet.
  *
- * A commit builds a complete table aside: one rte_acl context per family
- * (none when the family has no rules), and per-worker rows of per-rule-id
- * packet and byte counters. The verdict of a match is encoded in the ACL
- * userdata itself ((id << 1 | allow) + 1), so it costs no extra memory
- * access. On any error the old table stays in force. Counters belong to a
- * table: a commit starts a new generation from zero. The rte_acl build
- * dominates a commit's cost, about 7 (random prefixes) to 25 (shared
- * prefixes, as policies have) microseconds per IPv4 rule and several times
- * that per IPv6 rule on this VM: see benchmarks/policy_apply.py.
+ * A commit builds a complete table aside: the policy's prefixes numbered
+ * as address classes (a prefix tree in pre-order: a prefix's subtree is an
+ * interval), prefix tables mapping an address to its class (rte_lpm,
+ * rte_lpm6), the rules merged over adjacent class intervals, one rte_acl
+ * context per family (IPv4 keeps addresses when the merge does not halve
+ * its rules), and per-worker rows of per-rule-id packet and byte counters.
+ * See policy.c for the measurements behind this. The verdict of a match is
+ * encoded in the ACL userdata itself ((id << 1 | allow) + 1). On any error
+ * the old table stays in force. Counters belong to a table: a commit starts
+ * a new generation from zero. After the publish the commit re-checks every
+ * live flow of the linked conntrack stage against the new table and marks
+ * the ones it no longer allows REVOKED (see pol_revalidate).
  *
  * Stateful link to conntrack (optional, pd_policy_config): conntrack runs
  * before policy and sets pd_meta(m)->aux = flow index + 1 for packets of
@@ -50,6 +54,9 @@
 
 /* conntrack tag of a flow passed by the default policy (no rule matched) */
 #define PD_POLICY_TAG_DEFAULT UINT32_MAX
+/* conntrack tag of a flow a later commit no longer allows (its packets are
+ * dropped as "revoked" until a commit allows it again) */
+#define PD_POLICY_TAG_REVOKED (UINT32_MAX - 1)
 
 enum pd_policy_edge { PD_POLICY_NEXT = 0, PD_POLICY_OTHER };
 #endif

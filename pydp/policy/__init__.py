@@ -14,7 +14,7 @@ policy stage's ``policy: FILE`` (:func:`pydp.acl.set_policy_loader`).
 from __future__ import annotations
 
 from .. import acl
-from .compile import compile_policy, expected_verdict, explain
+from .compile import compile_policy, compile_policy_array, expected_verdict, explain
 from .diff import PolicyDiff, diff, reach
 from .model import Identity, Policy, PortSpec, Rule, Selector
 
@@ -22,11 +22,11 @@ from .model import Identity, Policy, PortSpec, Rule, Selector
 def load_compiled(path: str) -> acl.CompiledPolicy:
     """Load, validate and compile a policy file for a policy stage."""
     pol = Policy.load(path)
-    rules, n_ids = compile_policy(pol)
+    rules, n_ids = compile_policy_array(pol)
     return acl.CompiledPolicy(rules, n_ids, pol.default == "allow")
 
 
 acl.set_policy_loader(load_compiled)
 
 __all__ = ["Identity", "Policy", "PolicyDiff", "PortSpec", "Rule", "Selector", "compile_policy",
-           "diff", "expected_verdict", "explain", "load_compiled", "reach"]
+           "compile_policy_array", "diff", "expected_verdict", "explain", "load_compiled", "reach"]

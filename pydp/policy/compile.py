@@ -25,7 +25,9 @@ import gc
 import ipaddress
 from typing import Any
 
-from ..acl import AclRule
+import numpy as np
+
+from ..acl import ACTIONS, RULE_DTYPE, AclRule
 from .model import ALL_PORTS, ICMP, ICMPV6, IPNetwork, Policy, parse_proto
 
 _ANY_V4 = ipaddress.ip_network("0.0.0.0/0")
@@ -79,6 +81,80 @@ def _compile(policy: Policy) -> tuple[list[AclRule], int]:
     return out, n_ids
 
 
+def _prefix_block(nets: list[IPNetwork], cache: dict[int, Any]) -> tuple[Any, Any]:
+    """(addresses as (k, 16) uint8, depths as (k,) uint8) of a prefix list, cached by identity."""
+    got = cache.get(id(nets))
+    if got is None or got[0] is not nets:
+        addr = np.frombuffer(b"".join(n.network_address.packed.ljust(16, b"\0") for n in nets),
+                             dtype=np.uint8).reshape(-1, 16)
+        depth = np.fromiter((n.prefixlen for n in nets), dtype=np.uint8, count=len(nets))
+        got = (nets, addr, depth)
+        cache[id(nets)] = got
+    return got[1], got[2]
+
+
+def compile_policy_array(policy: Policy) -> tuple[np.ndarray, int]:
+    """What :func:`compile_policy` gives, packed: ``(rules_array(rules), n_ids)``, row for row.
+
+    The cross products are built with numpy (one block per rule and family)
+    instead of one AclRule per ACL rule: for the 100k-rule mesh benchmark
+    (benchmarks/mesh.py) this takes 0.09-0.2 s where compile_policy +
+    rules_array took 0.6-1.3 s on the same shared VM. This is what a policy
+    stage and ``pydp policy apply`` commit.
+    """
+    rules = policy.rules
+    side = policy.side_addresses
+    top = len(rules) + 1
+    cache: dict[int, Any] = {}
+    blocks: list[np.ndarray] = []
+    for rank, (rid, rule) in enumerate(policy.ordered_rules()):
+        prio = top - rank
+        act = ACTIONS[rule.action]
+        src, dst = side(rule, "src"), side(rule, "dst")
+        for fam, slot, skip in ((4, 0, ICMPV6), (6, 1, ICMP)):
+            s, d = src[slot], dst[slot]
+            if not s or not d:
+                continue
+            ports = [(p.proto or 0, lo, hi) for p in rule.ports if p.proto != skip
+                     for lo, hi in p.ranges]
+            if not ports:
+                continue
+            sa, sd = _prefix_block(s, cache)
+            da, dd = _prefix_block(d, cache)
+            k, m, q = len(s), len(d), len(ports)
+            b = np.zeros(k * m * q, dtype=RULE_DTYPE)
+            b["id"] = rid
+            b["priority"] = prio
+            b["family"] = fam
+            b["action"] = act
+            # order as compile_policy: for s, for d, for port entry
+            b["src"] = np.repeat(sa, m * q, axis=0)
+            b["src_depth"] = np.repeat(sd, m * q)
+            b["dst"] = np.tile(np.repeat(da, q, axis=0), (k, 1))
+            b["dst_depth"] = np.tile(np.repeat(dd, q), k)
+            pt = np.array(ports, dtype=np.uint32)
+            b["proto"] = np.tile(pt[:, 0], k * m)
+            b["dport_lo"] = np.tile(pt[:, 1], k * m)
+            b["dport_hi"] = np.tile(pt[:, 2], k * m)
+            b["sport_hi"] = 65535
+            blocks.append(b)
+    n_ids = len(rules)
+    if policy.default == "allow":
+        for fam in (4, 6):
+            b = np.zeros(1, dtype=RULE_DTYPE)
+            b["id"], b["priority"], b["family"], b["action"] = n_ids, 1, fam, ACTIONS["allow"]
+            b["sport_hi"] = b["dport_hi"] = 65535
+            blocks.append(b)
+        n_ids += 1
+    # not np.concatenate: it packs the dtype (53-byte rows, not the C struct's 56)
+    out = np.zeros(sum(len(b) for b in blocks), dtype=RULE_DTYPE)
+    at = 0
+    for b in blocks:
+        out[at:at + len(b)] = b
+        at += len(b)
+    return out, n_ids
+
+
 def _in(ip: Any, nets: list[IPNetwork]) -> bool:
     return any(ip in n for n in nets)
 
@@ -118,4 +194,4 @@ def explain(policy: Policy, src_ip: Any, dst_ip: Any, proto: int | str, sport: i
     return f"{pkt}: {action} by rule '{name}'"
 
 
-__all__ = ["AclRule", "compile_policy", "expected_verdict", "explain"]
+__all__ = ["AclRule", "compile_policy", "compile_policy_array", "expected_verdict", "explain"]

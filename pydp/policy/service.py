@@ -12,7 +12,7 @@ from typing import Any
 
 from .. import acl
 from ..errors import ConfigError, InvalidArgument
-from .compile import compile_policy
+from .compile import compile_policy_array
 from .diff import diff
 from .model import Policy
 
@@ -48,7 +48,7 @@ class PolicyService:
         """Dry run: what ``text`` (a policy YAML) would change against the live policy."""
         st = self._stage(stage)
         new = Policy.loads(text, name)
-        compile_policy(new)  # must compile too, or apply would fail
+        compile_policy_array(new)  # must compile too, or apply would fail
         old = self.current[st] or Policy.loads("rules: []\n", "<empty>")
         d = diff(old, new)
         return {"stage": st, "diff": d.to_dict(), "text": d.format()}
@@ -57,16 +57,23 @@ class PolicyService:
         """Validate, compile and publish ``text``; the old policy stays on any error."""
         st = self._stage(stage)
         new = Policy.loads(text, name)
-        rules, n_ids = compile_policy(new)
+        rules, n_ids = compile_policy_array(new)
         old = self.current[st]
         base = self._hits(st)  # carry rule hit counters over by rule name
         seconds = acl.commit(self.dp, st, rules, n_ids, new.default == "allow")
         self.hits_base[st] = base
         self.current[st] = new
         d = diff(old, new) if old is not None else None
+        inf = acl.info(self.dp, st)
+        text = d.format() if d else f"applied {len(new.rules)} rules"
+        if inf["flows_revoked"]:
+            text += (f"\n{inf['flows_revoked']} of {inf['flows_revalidated']} established "
+                     "flows no longer allowed: cut (drop reason 'revoked')")
         return {"stage": st, "rules": len(new.rules), "acl_rules": len(rules),
-                "seconds": seconds, "diff": d.to_dict() if d else None,
-                "text": d.format() if d else f"applied {len(new.rules)} rules"}
+                "acl_merged": inf["n_acl"], "seconds": seconds,
+                "flows_revalidated": inf["flows_revalidated"],
+                "flows_revoked": inf["flows_revoked"],
+                "diff": d.to_dict() if d else None, "text": text}
 
     def show(self, stage: str | None = None) -> dict:
         """The live policy as YAML text."""
