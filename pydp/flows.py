@@ -29,12 +29,14 @@ if TYPE_CHECKING:
 
 
 def _dtype() -> np.dtype:
-    fields = [("family", "u1"), ("proto", "u1"), ("state", "u1"), ("pad", "u1"),
+    fields = [("family", "u1"), ("proto", "u1"), ("state", "u1"), ("tcp_state", "u1"),
               ("sport", "u2"), ("dport", "u2"), ("src", "u1", (16,)), ("dst", "u1", (16,)),
               ("tag", "u4"), ("index", "u4"),
               ("packets_orig", "u8"), ("packets_reply", "u8"),
               ("bytes_orig", "u8"), ("bytes_reply", "u8"),
-              ("age_ms", "u8"), ("idle_ms", "u8")]
+              ("age_ms", "u8"), ("idle_ms", "u8"), ("lb", "u4"),
+              ("nat_sport", "u2"), ("nat_dport", "u2"),
+              ("nat_src", "u1", (16,)), ("nat_dst", "u1", (16,))]
     dt = np.dtype({
         "names": [f[0] for f in fields],
         "formats": [np.dtype((f[1], f[2])) if len(f) == 3 else np.dtype(f[1]) for f in fields],
@@ -52,6 +54,11 @@ FLOW_DTYPE = _dtype()
 #: flow states by number (the ``state`` field)
 STATES = {lib.PD_CT_NEW: "new", lib.PD_CT_ESTABLISHED: "established",
           lib.PD_CT_CLOSING: "closing"}
+
+#: the precise states (the ``tcp_state`` field): the TCP state machine's
+TCP_STATES = {lib.PD_CT_NEW: "syn_sent", lib.PD_CT_SYN_RECV: "syn_recv",
+              lib.PD_CT_ESTABLISHED: "established", lib.PD_CT_FIN_WAIT: "fin_wait",
+              lib.PD_CT_TIME_WAIT: "time_wait", lib.PD_CT_CLOSING: "close"}
 
 
 def _stage(dp: Dataplane, stage: str) -> int:
@@ -99,9 +106,10 @@ def expire(dp: Dataplane, stage: str, max_scan: int = 0) -> int:
 
 
 def addresses(recs: np.ndarray, field: str = "src") -> list[str]:
-    """The ``src`` or ``dst`` addresses of flow records as strings."""
-    if field not in ("src", "dst"):
-        raise InvalidArgument(f"field must be 'src' or 'dst', not {field!r}")
+    """The ``src``, ``dst``, ``nat_src`` or ``nat_dst`` addresses of flow records as strings."""
+    if field not in ("src", "dst", "nat_src", "nat_dst"):
+        raise InvalidArgument(f"field must be 'src', 'dst', 'nat_src' or 'nat_dst', "
+                              f"not {field!r}")
     out = []
     for fam, raw in zip(recs["family"].tolist(), recs[field]):
         b = raw.tobytes()
@@ -114,15 +122,26 @@ def state_names(recs: np.ndarray) -> list[str]:
     return [STATES.get(s, str(s)) for s in recs["state"].tolist()]
 
 
-__all__ = ["FLOW_DTYPE", "STATES", "addresses", "count", "expire", "flows", "records",
-           "state_names"]
+def tcp_state_names(recs: np.ndarray) -> list[str]:
+    """The precise state of flow records (TCP: syn_sent ... time_wait, close;
+    other protocols: new or established)."""
+    out = []
+    for p, s in zip(recs["proto"].tolist(), recs["tcp_state"].tolist()):
+        out.append(TCP_STATES.get(s, str(s)) if p == 6 else STATES.get(s, str(s)))
+    return out
+
+
+__all__ = ["FLOW_DTYPE", "STATES", "TCP_STATES", "addresses", "count", "expire", "flows",
+           "records", "state_names", "tcp_state_names"]
 
 
 def records(recs: np.ndarray, addr: str | None = None, port: int | None = None,
             state: str | None = None, limit: int = 0) -> list[dict]:
     """Flow records as dicts, filtered by address (either side), port (either side), state."""
     src, dst = addresses(recs, "src"), addresses(recs, "dst")
+    nsrc, ndst = addresses(recs, "nat_src"), addresses(recs, "nat_dst")
     names = state_names(recs)
+    detail = tcp_state_names(recs)
     if state is not None and state not in STATES.values():
         raise InvalidArgument(f"state: {state!r} is not one of {', '.join(STATES.values())}")
     out = []
@@ -140,7 +159,10 @@ def records(recs: np.ndarray, addr: str | None = None, port: int | None = None,
                     "packets_reply": int(r["packets_reply"]),
                     "bytes_orig": int(r["bytes_orig"]), "bytes_reply": int(r["bytes_reply"]),
                     "age_ms": int(r["age_ms"]), "idle_ms": int(r["idle_ms"]),
-                    "tag": int(r["tag"])})
+                    "tag": int(r["tag"]), "tcp_state": detail[i],
+                    "backend": int(r["lb"]) - 1 if r["lb"] else None,
+                    "nat": ({"src": nsrc[i], "sport": int(r["nat_sport"]), "dst": ndst[i],
+                             "dport": int(r["nat_dport"])} if r["nat_dport"] else None)})
         if limit and len(out) >= limit:
             break
     return out
