@@ -493,7 +493,7 @@ static bool ct_evict(struct pd_ct *c, struct pd_worker *w, struct pd_stage *st)
 		}
 		__atomic_store_n(&c->evict_cursor, i, __ATOMIC_RELAXED);
 		if (best == UINT32_MAX)
-			return false;
+			continue;        /* none in this window: the next one */
 		if (ct_kill(c, best, bv, &alias_pos) == 0) {
 			__atomic_fetch_sub(&c->used, 1, __ATOMIC_RELEASE);
 			ct_evq_push(c, best | CT_NODEC);

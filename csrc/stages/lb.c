@@ -144,7 +144,8 @@ static inline uint32_t lb_flow_hash(uint8_t proto, const uint8_t *src,
 	uint32_t ports = (uint32_t)sport << 16 | dport;
 
 	h = rte_hash_crc(dst, 16, h);
-	return rte_hash_crc_4byte(ports, h);
+	/* CRC is linear: mix it, or neighbouring ports land in regular strides */
+	return (uint32_t)(mix64(rte_hash_crc_4byte(ports, h)) >> 32);
 }
 
 /* The permutation key of a backend: stable whatever else the service has. */
