@@ -234,6 +234,9 @@ def serve_dataplane(dp: Any, ports: dict[str, str], path: str | None) -> Any:
     if any(st.TYPE == "policy" for st in dp.pipeline.stages):
         from .policy.service import PolicyService
         PolicyService(dp).register(srv)
+    if any(st.TYPE == "lb" for st in dp.pipeline.stages):
+        from .lb.service import Services
+        Services(dp).register(srv)
     srv.start()
     return srv
 
@@ -587,6 +590,10 @@ def testbed_down(name: str) -> None:
     tb.down(name)
     click.echo(f"testbed {name}: down")
 
+
+from .cli_service import service as _service  # noqa: E402 - pydp service ...
+
+main.add_command(_service)
 
 if __name__ == "__main__":  # pragma: no cover
     main()
