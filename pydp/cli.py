@@ -250,6 +250,7 @@ def _execute(pl: Any, ports: dict[str, str], workers: list[int] | None,
 
     from . import eal
     from .demo import demo_source
+    from .flows import Ager
     from .metrics import MetricsServer
     from .runtime import Dataplane
     out = sys.stderr if as_json else sys.stdout
@@ -259,7 +260,7 @@ def _execute(pl: Any, ports: dict[str, str], workers: list[int] | None,
             (serve_dataplane(dp, ports, control) if control is not None
              else nullcontext()) as srv, \
             (MetricsServer(dp.stats, metrics[1], metrics[0], pl.name) if metrics
-             else nullcontext()) as ms:
+             else nullcontext()) as ms, Ager(dp):
         if ms:
             ms.start()
         if stage_cycles:

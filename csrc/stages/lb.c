@@ -135,17 +135,19 @@ static inline uint64_t mix64(uint64_t x)
 	return x;
 }
 
-/* The Maglev bucket hash of a flow (its original direction). */
+/* The Maglev bucket hash of a flow (its original direction). The tuple is
+ * copied to an aligned buffer: rte_hash_crc reads 8 bytes at a time. */
 static inline uint32_t lb_flow_hash(uint8_t proto, const uint8_t *src,
 				    const uint8_t *dst, uint16_t sport,
 				    uint16_t dport)
 {
-	uint32_t h = rte_hash_crc(src, 16, proto);
-	uint32_t ports = (uint32_t)sport << 16 | dport;
+	uint64_t t[5];
 
-	h = rte_hash_crc(dst, 16, h);
+	memcpy(&t[0], src, 16);
+	memcpy(&t[2], dst, 16);
+	t[4] = (uint64_t)proto << 32 | (uint32_t)sport << 16 | dport;
 	/* CRC is linear: mix it, or neighbouring ports land in regular strides */
-	return (uint32_t)(mix64(rte_hash_crc_4byte(ports, h)) >> 32);
+	return (uint32_t)(mix64(rte_hash_crc(t, sizeof(t), 0)) >> 32);
 }
 
 /* The permutation key of a backend: stable whatever else the service has. */
