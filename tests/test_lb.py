@@ -392,6 +392,10 @@ def test_maglev_build_weighted_and_balanced():
     c = Counter(table.tolist())
     assert abs(c[1] / 65537 - 0.5) < 0.01 and abs(c[0] / 65537 - 0.25) < 0.01
     assert secs < 1.0
+    # more backends than a 16-bit scratch table holds: the 32-bit path
+    table, _ = maglev_build(list(range(70000)), [1] * 70000, 655373)
+    c = Counter(table.tolist())
+    assert len(c) == 70000 and -1 not in c and max(c.values()) <= 655373 // 70000 + 1
 
 
 # -- bad input ---------------------------------------------------------------------------------
