@@ -432,7 +432,8 @@ def bench(pipeline_file: str, duration: float, flows: int, pkt_size: int,
 @click.option("--stage", default=None, help="Conntrack stage (default: the first).")
 @click.option("--addr", default=None, help="Only flows with this address on either side.")
 @click.option("--port", "port_", type=int, default=None, help="Only flows with this port.")
-@click.option("--state", default=None, help="new, established or closing.")
+@click.option("--state", default=None,
+              help="new, established, closing, or a TCP state (syn_sent, fin_wait...).")
 @click.option("--limit", type=int, default=1000, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def flows(control: str | None, stage: str | None, addr: str | None, port_: int | None,
@@ -446,8 +447,11 @@ def flows(control: str | None, stage: str | None, addr: str | None, port_: int |
     click.echo(f"stage {res['stage']}: {res['total']} flows, {len(res['flows'])} shown")
     for f in res["flows"]:
         click.echo(f"  {f['proto']:>3} {f['src']}:{f['sport']} -> {f['dst']}:{f['dport']} "
-                   f"{f['state']:<11} pkts {f['packets_orig']}/{f['packets_reply']} "
-                   f"bytes {f['bytes_orig']}/{f['bytes_reply']} idle {f['idle_ms']} ms")
+                   f"{f.get('tcp_state', f['state']):<11} pkts {f['packets_orig']}/"
+                   f"{f['packets_reply']} bytes {f['bytes_orig']}/{f['bytes_reply']} "
+                   f"idle {f['idle_ms']} ms"
+                   + (f" nat {f['nat']['src']}:{f['nat']['sport']} -> {f['nat']['dst']}:"
+                      f"{f['nat']['dport']}" if f.get("nat") else ""))
 
 
 @main.command()

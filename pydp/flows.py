@@ -137,13 +137,15 @@ __all__ = ["FLOW_DTYPE", "STATES", "TCP_STATES", "Ager", "addresses", "count", "
 
 def records(recs: np.ndarray, addr: str | None = None, port: int | None = None,
             state: str | None = None, limit: int = 0) -> list[dict]:
-    """Flow records as dicts, filtered by address (either side), port (either side), state."""
+    """Flow records as dicts, filtered by address (either side), port (either side), state
+    (new, established, closing, or a precise TCP state: syn_sent ... time_wait, close)."""
     src, dst = addresses(recs, "src"), addresses(recs, "dst")
     nsrc, ndst = addresses(recs, "nat_src"), addresses(recs, "nat_dst")
     names = state_names(recs)
     detail = tcp_state_names(recs)
-    if state is not None and state not in STATES.values():
-        raise InvalidArgument(f"state: {state!r} is not one of {', '.join(STATES.values())}")
+    known = list(STATES.values()) + [n for n in TCP_STATES.values() if n not in STATES.values()]
+    if state is not None and state not in known:
+        raise InvalidArgument(f"state: {state!r} is not one of {', '.join(known)}")
     out = []
     for i in range(len(recs)):
         r = recs[i]
@@ -151,7 +153,7 @@ def records(recs: np.ndarray, addr: str | None = None, port: int | None = None,
             continue
         if port is not None and port not in (int(r["sport"]), int(r["dport"])):
             continue
-        if state is not None and names[i] != state:
+        if state is not None and state not in (names[i], detail[i]):
             continue
         out.append({"proto": int(r["proto"]), "src": src[i], "sport": int(r["sport"]),
                     "dst": dst[i], "dport": int(r["dport"]), "state": names[i],

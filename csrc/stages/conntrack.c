@@ -536,17 +536,24 @@ static int ct_create(struct pd_ct *c, struct pd_worker *w, struct pd_stage *st,
 	struct pd_flow *f;
 	int32_t pos;
 
-	/* created earlier in this burst, or by another worker: no lock */
-	pos = rte_hash_lookup_with_hash(c->h, k, sig);
-	if (pos >= 0) {
-		*v = ct_word(&c->flows[pos]);
-		if (v->state != PD_CT_FREE)
-			return pos;
-		/* its creator is between add and CAS: race it for the CAS */
+	/*
+	 * No lookup first: rte_hash_add_key_with_hash() finds a key that is
+	 * already there (created earlier in this burst, or by another worker)
+	 * before it takes a free slot, and returns its position; the CAS below
+	 * then finds the flow made. Saves a lookup per new flow. Only a full
+	 * table looks first, so that an existing flow is neither refused nor
+	 * the reason for an eviction.
+	 */
+	if (!ct_reserve(c)) {
+		pos = rte_hash_lookup_with_hash(c->h, k, sig);
+		if (pos >= 0) {
+			*v = ct_word(&c->flows[pos]);
+			if (v->state != PD_CT_FREE)
+				return pos;
+		}
+		if (!c->evict || !ct_evict(c, w, st) || !ct_reserve(c))
+			return -ENOSPC;
 	}
-	if (!ct_reserve(c) &&
-	    (!c->evict || !ct_evict(c, w, st) || !ct_reserve(c)))
-		return -ENOSPC;
 	pos = rte_hash_add_key_with_hash(c->h, k, sig);
 	if (pos < 0) {
 		__atomic_fetch_sub(&c->used, 1, __ATOMIC_RELAXED);
@@ -1020,14 +1027,7 @@ int pd_conntrack_alias(struct pd_stage *ct, struct pd_worker *w, uint32_t flow,
 	memcpy(d, rdst, 16);
 	sw = ct_key_set(&k, f->family, f->proto, s, d, rsport, rdport);
 	sig = rte_hash_hash(c->h, &k);
-	pos = rte_hash_lookup_with_hash(c->h, &k, sig);
-	if (pos >= 0) {
-		o = ct_word(&c->flows[pos]);
-		if (o.state == PD_CT_ALIAS && o.tag == flow)
-			return 0;
-		if (o.state != PD_CT_FREE)
-			return -EEXIST;
-	}
+	/* an existing key (ours, or another flow's) comes back as it is */
 	pos = rte_hash_add_key_with_hash(c->h, &k, sig);
 	if (pos < 0)
 		return -ENOSPC;
