@@ -62,9 +62,10 @@ def client(i: int, sport: int, proto: str = "udp", flags: str = "S", v6: bool = 
 
 
 @contextmanager
-def session(ring_name: Any, pl: Pipeline) -> Iterator[Session]:
+def session(ring_name: Any, pl: Pipeline, workers: int = 1) -> Iterator[Session]:
     """Run ``pl``; what tests capture mid-run counts in the final books (tx == captured)."""
-    with Dataplane(pl, ports={p: ring_name() for p in pl.ports}) as dp:
+    with Dataplane(pl, ports={p: ring_name(workers) for p in pl.ports},
+                   workers=workers) as dp:
         s = Session(dp)
         s.captured = []  # type: ignore[attr-defined]
         dp.start()
@@ -471,3 +472,51 @@ def test_ager_expires_flows_and_least_conn_counts_fall(ring_name):
         assert s.count() == 0 and ager.expired == 20
         assert [b["conns"] for b in svc.show()["services"][0]["backends"]] == [0, 0]
         assert [b["assigned"] for b in svc.show()["services"][0]["backends"]] == [10, 10]
+
+
+def test_two_workers_replies_on_the_other_worker(ring_name):
+    """Client packets on queue 0 (worker 0), the backends' replies on queue 1 (worker 1):
+    the reply finds its flow by the translated tuple whichever worker created it."""
+    with session(ring_name, pl=lb_pipeline([service("maglev", 3)]), workers=2) as s:
+        s.send("a", [client(i, 20000 + i) for i in range(200)], queue=0, settle=False)
+        fwd = out_of(s, 200)
+        s.send("b", [eth() / IP(src=fwd[i][IP].dst, dst="10.9.0.1")
+                     / UDP(sport=8080, dport=20000 + i) / tag(1000 + i) for i in range(200)],
+               queue=1, settle=False)
+        back = out_of(s, 200)
+        assert all((back[1000 + i][IP].src, back[1000 + i][UDP].sport,
+                    back[1000 + i][UDP].dport) == (VIP, 80, 20000 + i) for i in range(200))
+        for p in back.values():
+            assert_checksums_ok(p)
+        f = s.flows()
+        assert len(f) == 200 and (f["packets_reply"] == 1).all()
+        assert s.dp.stats().stages()["lb"]["reverse_nat"] == 200
+
+
+def test_commits_under_traffic_lose_no_packet(ring_name):
+    """The template source sends to the VIP from 4000 ports while the services change 40
+    times (weights, drain, add, remove): every packet is translated, none is dropped."""
+    from pydp import Source, Vary
+    pl = Pipeline("lbt", ports=["a", "out"], inputs={"a": "parse"},
+                  stages=[Parse("parse", next="ct"), Conntrack("ct", next="lb"),
+                          LoadBalancer("lb", next="fwd", conntrack="ct",
+                                       services=[service("maglev", 3)]),
+                          Forward("fwd", port="out")])
+    src = Source([client(0, 1)], vary=[Vary("UDP.sport", 1, 4000)], rate_pps=100000)
+    with Dataplane(pl, ports={"a": ring_name(), "out": "net_null_lbt,no-rx=1"},
+                   sources={"a": src}) as dp:
+        dp.start()
+        svc = Services(dp)
+        for i in range(10):
+            svc.set_weight("web", "10.0.1.1:8080", 1 + i % 3)
+            svc.add_backend("web", "10.0.1.9:8080")
+            svc.drain("web", "10.0.1.2:8080")
+            svc.remove_backend("web", "10.0.1.9:8080")
+            svc.mark_up("web", "10.0.1.2:8080")
+        dp.stop()
+        st = dp.stats()
+        lb = st.stages()["lb"]
+        assert st.rx > 10000 and st.drops() == {}, st.summary()
+        assert st.balanced() and st.tx == st.rx == lb["in"]
+        assert lb["dnat"] == lb["in"] and lb["new_flows"] == st.stages()["ct"]["created"]
+        assert dp.pool.in_use() == 0

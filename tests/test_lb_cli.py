@@ -17,10 +17,8 @@ def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout, cwd=ROOT)
 
 
-@pytest.fixture
-def lb(tmp_path):
+def _run_lb(sock: str):
     """The shipped load balancer on net_null ports, with its control socket."""
-    sock = str(tmp_path / "lb.sock")
     ports = [a for i, p in enumerate(["clients", "be1", "be2", "be3"])
              for a in ("--port", f"{p}=net_null_lb{i}")]
     p = subprocess.Popen([sys.executable, "-m", "pydp.cli", "run", "pipelines/load-balancer.yaml",
@@ -34,6 +32,18 @@ def lb(tmp_path):
     p.send_signal(2)
     out, err = p.communicate(timeout=30)
     assert p.returncode == 0, err
+
+
+@pytest.fixture
+def lb(tmp_path):
+    """A load balancer of its own (the test changes its services)."""
+    yield from _run_lb(str(tmp_path / "lb.sock"))
+
+
+@pytest.fixture(scope="module")
+def lb_shared(tmp_path_factory):
+    """One load balancer for the tests that must leave it unchanged."""
+    yield from _run_lb(str(tmp_path_factory.mktemp("lb") / "lb.sock"))
 
 
 def show(sock: str) -> dict:
@@ -87,11 +97,11 @@ def test_service_commands_live(lb):
     (("add", "x", "--vip", "10.77.0.300", "--port", "1"), "vip"),
     (("add", "x", "--vip", "10.77.0.1", "--port", "1", "--table-size", "1000"), "table_size"),
 ])
-def test_bad_input_is_one_line(lb, args, expect):
-    r = cli("service", *args, "--control", lb)
+def test_bad_input_is_one_line(lb_shared, args, expect):
+    r = cli("service", *args, "--control", lb_shared)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.startswith("pydp: error:") and expect in r.stderr, r.stderr
-    assert len(show(lb)["web"]["backends"]) == 3
+    assert len(show(lb_shared)["web"]["backends"]) == 3
 
 
 def test_no_dataplane_is_one_line(tmp_path):
