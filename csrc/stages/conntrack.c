@@ -405,7 +405,6 @@ static bool ct_alias_kill(struct pd_ct *c, uint32_t pos)
 					      __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE));
 	ct_key_from_flow(a, &key);
 	rte_hash_del_key(c->h, &key);
-	__atomic_fetch_sub(&c->aliases, 1, __ATOMIC_RELAXED);
 	return true;
 }
 
@@ -528,10 +527,9 @@ static inline void ct_fill(struct pd_flow *f, const struct ct_key *k, int sw,
  * PD_CT_FREE; the loser uses the winner's flow (and tag).
  */
 static int ct_create(struct pd_ct *c, struct pd_worker *w, struct pd_stage *st,
-		     const struct ct_key *k, int sw, uint32_t tag, uint64_t now,
-		     union pd_flow_word *v)
+		     const struct ct_key *k, hash_sig_t sig, int sw, uint32_t tag,
+		     uint64_t now, union pd_flow_word *v)
 {
-	hash_sig_t sig = rte_hash_hash(c->h, k);
 	union pd_flow_word o, n, busy = { .u64 = 0 };
 	struct pd_flow *f;
 	int32_t pos;
@@ -629,6 +627,7 @@ static void ct_burst(struct pd_stage *st, struct pd_ct *c, struct pd_worker *w,
 	int32_t pos[RTE_HASH_LOOKUP_BULK_MAX];
 	int8_t kidx[RTE_HASH_LOOKUP_BULK_MAX];
 	uint8_t sw[RTE_HASH_LOOKUP_BULK_MAX], tf[RTE_HASH_LOOKUP_BULK_MAX];
+	hash_sig_t sig[RTE_HASH_LOOKUP_BULK_MAX];
 	uint16_t i, nk = 0, not_ip = 0, no_flow = 0;
 
 	for (i = 0; i < n; i++) {
@@ -647,7 +646,10 @@ static void ct_burst(struct pd_stage *st, struct pd_ct *c, struct pd_worker *w,
 		kidx[i] = (int8_t)nk++;
 	}
 	if (nk) {
-		rte_hash_lookup_bulk(c->h, kp, nk, pos);
+		/* our own signatures: a new flow's insert reuses its own */
+		for (i = 0; i < nk; i++)
+			sig[i] = rte_hash_hash(c->h, &keys[i]);
+		rte_hash_lookup_with_hash_bulk(c->h, kp, sig, nk, pos);
 		for (i = 0; i < nk; i++)
 			if (pos[i] >= 0)
 				rte_prefetch0(&c->flows[pos[i]]);
@@ -678,7 +680,7 @@ static void ct_burst(struct pd_stage *st, struct pd_ct *c, struct pd_worker *w,
 				pd_emit(w, st, 0, m);
 				continue;
 			}
-			p = ct_create(c, w, st, &keys[k], sw[k], 0, now, &v);
+			p = ct_create(c, w, st, &keys[k], sig[k], sw[k], 0, now, &v);
 			if (p < 0) {
 				pd_drop(w, st, CT_DROP_TABLE_FULL, m);
 				continue;
@@ -750,7 +752,8 @@ int pd_conntrack_confirm(struct pd_stage *ct, struct pd_worker *w,
 	sw = ct_key_from_pkt(m, pd_meta(m), &k, &tf);
 	if (sw < 0)
 		return -EINVAL;
-	p = ct_create(c, w, ct, &k, sw, tag, rte_rdtsc(), &v);
+	p = ct_create(c, w, ct, &k, rte_hash_hash(c->h, &k), sw, tag,
+		      rte_rdtsc(), &v);
 	if (p < 0)
 		return p;
 	return ct_hit_one(c, w, m, p, v, sw, k.proto, tf);
@@ -873,7 +876,6 @@ static void ct_table_free(struct pd_ct *c)
 	c->n_slots = 0;
 	c->used = 0;
 	c->pending = 0;
-	c->aliases = 0;
 	c->cursor = 0;
 	c->evict_cursor = 0;
 }
@@ -1048,7 +1050,6 @@ int pd_conntrack_alias(struct pd_stage *ct, struct pd_worker *w, uint32_t flow,
 	ct_fill(a, &k, sw, rte_rdtsc());
 	busy.flags = PD_FLOW_BUSY;
 	__atomic_fetch_and(&a->w.u64, ~busy.u64, __ATOMIC_RELEASE);
-	__atomic_fetch_add(&c->aliases, 1, __ATOMIC_RELAXED);
 	__atomic_store_n(&f->alias, (uint32_t)pos + 1, __ATOMIC_RELEASE);
 	/* the flow may have left meanwhile, before it could see its alias:
 	 * then nobody else takes the alias out */

@@ -114,7 +114,6 @@ struct pd_ct {
 	struct rte_rcu_qsbr_dq *dq;    /* deleted slots waiting for their grace period */
 	uint32_t cursor;               /* where the next expiry scan starts */
 	uint32_t pending;              /* counted slots in dq (they hold `used`) */
-	uint32_t aliases;              /* live alias entries */
 };
 
 /* The flow of a packet the conntrack stage `ct` has seen, NULL if none. */

@@ -949,6 +949,7 @@ static void lb_process(struct pd_stage *st, struct pd_worker *w,
 	struct lb_table *t = __atomic_load_n(&pr->tbl, __ATOMIC_ACQUIRE);
 	const struct pd_ct *c = pr->ct ? pr->ct->priv : NULL;
 	uint64_t n_new = 0, n_dnat = 0, n_unnat = 0, n_pass = 0;
+	bool mt = w->pl->n_workers > 1;
 	uint16_t i;
 
 	for (i = 0; i < n; i++) {
@@ -1031,8 +1032,14 @@ static void lb_process(struct pd_stage *st, struct pd_worker *w,
 							__ATOMIC_ACQUIRE)) {
 				__atomic_fetch_add(&pr->cnt[id].conns, 1,
 						   __ATOMIC_RELEASE);
-				__atomic_fetch_add(&pr->cnt[id].assigned, 1,
-						   __ATOMIC_RELAXED);
+				/* written by workers only: atomic with several */
+				if (mt)
+					__atomic_fetch_add(&pr->cnt[id].assigned, 1,
+							   __ATOMIC_RELAXED);
+				else
+					__atomic_store_n(&pr->cnt[id].assigned,
+							 pr->cnt[id].assigned + 1,
+							 __ATOMIC_RELAXED);
 				n_new++;
 				lb = (uint32_t)id + 1;
 			} else {
