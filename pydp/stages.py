@@ -597,7 +597,8 @@ class LoadBalancer(Stage):
                 svc.validate()
             except ConfigError as e:
                 raise ConfigError(f"stage '{self.name}': {e.message}", key=e.key,
-                                  path=("services", i) + ((e.key,) if e.key else ())) from None
+                                  path=("services", i) + (tuple(e.path) if e.path else
+                                                          (e.key,) if e.key else ())) from None
             if svc.name in names:
                 raise ConfigError(f"stage '{self.name}': service name '{svc.name}' is used "
                                   "twice", key="name", path=("services", i, "name"))

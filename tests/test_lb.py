@@ -520,3 +520,18 @@ def test_commits_under_traffic_lose_no_packet(ring_name):
         assert st.balanced() and st.tx == st.rx == lb["in"]
         assert lb["dnat"] == lb["in"] and lb["new_flows"] == st.stages()["ct"]["created"]
         assert dp.pool.in_use() == 0
+
+
+@pytest.mark.parametrize("old, new, line, key", [
+    ("weight: 2}", "weight: -2}", 32, "weight"),
+    ("algorithm: maglev", "algorithm: magic", 29, "algorithm"),
+    ("port: 8080, weight: 3}", "port: 8080, weight: 3, colour: red}", 33, "colour"),
+    ("vip: 10.77.0.100", "vip: 10.77.0.1000", 26, "vip"),
+])
+def test_yaml_errors_name_file_line_and_key(old, new, line, key):
+    from conftest import PIPELINES
+    text = (PIPELINES / "load-balancer.yaml").read_text()
+    assert old in text
+    with pytest.raises(ConfigError) as e:
+        Pipeline.loads(text.replace(old, new, 1), "lb.yaml")
+    assert str(e.value).startswith(f"lb.yaml:{line}: ") and e.value.key == key, str(e.value)

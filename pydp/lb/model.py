@@ -172,9 +172,13 @@ class Service:
             raise ConfigError(f"{where}: backends must be a list", key="backends")
         seen = set()
         for i, b in enumerate(self.backends):
-            if not isinstance(b, Backend):
-                b = self.backends[i] = Backend.from_dict(b, f"{where}: backend {i}")
-            b.validate(f"{where}: backend {b.name if isinstance(b.port, int) else i}", ip.version)
+            try:
+                if not isinstance(b, Backend):
+                    b = self.backends[i] = Backend.from_dict(b, f"{where}: backend {i}")
+                b.validate(f"{where}: backend {b.name if isinstance(b.port, int) else i}",
+                           ip.version)
+            except ConfigError as e:
+                raise _in_backend(e, i) from None
             if b.name in seen:
                 raise ConfigError(f"{where}: backend {b.name} is listed twice", key="backends")
             seen.add(b.name)
@@ -212,7 +216,18 @@ class Service:
         if not isinstance(bks, list):
             raise ConfigError(f"{where}: backends must be a list", key="backends")
         svc = cls(**args)
-        svc.backends = [Backend.from_dict(b, f"service '{svc.name}': backend {i}")
-                        for i, b in enumerate(bks)]
+        svc.backends = []
+        for i, b in enumerate(bks):
+            try:
+                svc.backends.append(Backend.from_dict(b, f"service '{svc.name}': backend {i}"))
+            except ConfigError as e:
+                raise _in_backend(e, i) from None
         svc.validate()
         return svc
+
+
+def _in_backend(e: ConfigError, i: int) -> ConfigError:
+    """``e`` with its path inside backend ``i`` (YAML errors then point at its line)."""
+    if e.path and e.path[0] == "backends":
+        return e
+    return ConfigError(e.message, key=e.key, path=("backends", i) + ((e.key,) if e.key else ()))
