@@ -13,8 +13,15 @@
  * creates flows with pd_conntrack_confirm().
  *
  * Other stages (policy, load balancer, NAT) read the flow of a packet with
- * pd_conntrack_flow() and keep their per-flow state in the tag, or in new
- * fields of the cold half of struct pd_flow.
+ * pd_conntrack_flow() and keep their per-flow state in the tag (policy: the
+ * rule id) or in fields of struct pd_flow (lb: the backend id, the SNAT
+ * port, and a second key - the translated reply tuple - in the same hash,
+ * an alias entry that leads to the flow: pd_conntrack_alias()).
+ *
+ * TCP flows follow a state machine (SYN_SENT as PD_CT_NEW, SYN_RECV,
+ * ESTABLISHED, FIN_WAIT, TIME_WAIT, CLOSE as PD_CT_CLOSING), each state
+ * with its timeout. A full table drops new flows ("table-full") or, with
+ * evict, takes out the least recently used of a sample (see ct_evict).
  */
 #ifndef PD_STAGE_CONNTRACK_H
 #define PD_STAGE_CONNTRACK_H
