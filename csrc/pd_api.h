@@ -234,7 +234,7 @@ struct pd_flow_rec {
 	uint8_t family;       /* 4 or 6 */
 	uint8_t proto;
 	uint8_t state;        /* PD_CT_NEW, PD_CT_ESTABLISHED, PD_CT_CLOSING */
-	uint8_t pad;
+	uint8_t tcp_state;    /* the precise state: PD_CT_NEW ... PD_CT_TIME_WAIT */
 	uint16_t sport;       /* original direction, host order; ICMP echo: the id */
 	uint16_t dport;
 	uint8_t src[16];      /* original direction, network order; IPv4: first 4 */
@@ -247,6 +247,11 @@ struct pd_flow_rec {
 	uint64_t bytes_reply;
 	uint64_t age_ms;      /* since the first packet */
 	uint64_t idle_ms;     /* since the last packet */
+	uint32_t lb;          /* load balancer: backend id + 1, 0 none */
+	uint16_t nat_sport;   /* translated tuple (towards the backend), host order */
+	uint16_t nat_dport;
+	uint8_t nat_src[16];  /* all 0 when the flow is not translated */
+	uint8_t nat_dst[16];
 };
 /* Create the table (before pd_pipeline_build): capacity flows at most;
  * confirm_mode 1: look up only, pd_conntrack_confirm creates; timeouts_ms:
@@ -455,5 +460,96 @@ int pd_esp_sa_remove(struct pd_pipeline *p, int stage, uint32_t spi);
 int pd_esp_sa_list(struct pd_pipeline *p, int stage, struct pd_esp_sa_info *out,
 		   unsigned max);
 const char *pd_esp_sa_drop_name(unsigned i);
+/* ---- conntrack: TCP state machine, eviction, NAT entries (issue 4) ---- */
+/* Precise states (pd_flow_rec.tcp_state; state shows them as NEW,
+ * ESTABLISHED (SYN_RECV too) or CLOSING (CLOSE, FIN_WAIT, TIME_WAIT)).
+ * PD_CT_CLOSING is TCP's CLOSE: a RST was seen. */
+#define PD_CT_SYN_RECV 4
+#define PD_CT_FIN_WAIT 5      /* a FIN one way */
+#define PD_CT_TIME_WAIT 6     /* a FIN each way */
+#define PD_CT_TIMEOUT_TCP_SYN_SENT 4
+#define PD_CT_TIMEOUT_TCP_SYN_RECV 5
+#define PD_CT_TIMEOUT_TCP_FIN_WAIT 6
+#define PD_CT_TIMEOUT_TCP_TIME_WAIT 7
+#define PD_CT_TIMEOUT_TCP_CLOSE 8
+#define PD_CT_N_TIMEOUTS_ALL 9
+struct pd_ct_conf {
+	uint32_t capacity;
+	int32_t confirm;      /* 1: look up only */
+	int32_t evict;        /* 1: when full, evict the least recently used flow */
+	int32_t nat;          /* 1: room for a reply-tuple entry per flow (lb NAT) */
+	uint32_t timeouts_ms[PD_CT_N_TIMEOUTS_ALL];   /* 0: the default */
+};
+int pd_conntrack_configure(struct pd_pipeline *p, int stage,
+			   const struct pd_ct_conf *conf);
+
+/* ---- lb: services, backends, Maglev / weighted round-robin / least-conn ---- */
+/* Service load balancing with DNAT (and optional SNAT), see csrc/stages/lb.h. */
+#define PD_LB_WRR 0
+#define PD_LB_MAGLEV 1
+#define PD_LB_LEASTCONN 2
+#define PD_LB_UP 0
+#define PD_LB_DRAIN 1         /* no new flows; its flows finish */
+#define PD_LB_DOWN 2          /* health: no new flows */
+#define PD_LB_MAX_SERVICES 4096
+#define PD_LB_MAX_BACKENDS 65536
+#define PD_LB_MAX_WEIGHT 65535
+#define PD_LB_MAX_TABLE 16777259
+struct pd_lb_service {
+	uint8_t family;       /* 4 or 6 */
+	uint8_t proto;        /* 6 or 17 */
+	uint16_t port;        /* host order */
+	uint8_t vip[16];
+	uint8_t algo;         /* PD_LB_* */
+	uint8_t snat;         /* 1: source becomes snat_addr */
+	uint16_t pad;
+	uint8_t snat_addr[16];
+	uint32_t table_size;  /* Maglev: a prime; 0 = 65537 */
+	uint32_t first;       /* its backends: bks[first .. first + n) */
+	uint32_t n;
+};
+struct pd_lb_backend {
+	uint8_t addr[16];     /* same family as its service */
+	uint16_t port;        /* host order */
+	uint8_t state;        /* PD_LB_UP, PD_LB_DRAIN, PD_LB_DOWN */
+	uint8_t pad;
+	uint32_t weight;      /* 0 .. PD_LB_MAX_WEIGHT; 0 takes no new flows */
+	int32_t id;           /* out: the backend id flows keep (pd_flow_rec.lb - 1) */
+};
+struct pd_lb_change {     /* per service, what a commit would change */
+	uint32_t buckets;     /* Maglev table size, 0 for the other algorithms */
+	uint32_t buckets_moved;
+	uint32_t flows;       /* live flows of the service */
+	uint32_t flows_moved; /* live flows whose bucket / backend would change:
+			       * they stay on their backend (pinned) */
+	uint32_t flows_lost_backend; /* live flows on a backend that goes away,
+				      * drains or goes down: they finish there */
+	uint32_t pad;
+};
+struct pd_lb_bstats {
+	uint64_t conns;       /* live flows on the backend */
+	uint64_t assigned;    /* flows ever given to it */
+};
+/* Link the conntrack stage (before pd_pipeline_build). */
+int pd_lb_config(struct pd_pipeline *p, int stage, int conntrack_stage);
+/* Validate, build and publish the services (and their backends' tables);
+ * on error the old table stays. Fills bks[i].id. */
+int pd_lb_commit(struct pd_pipeline *p, int stage,
+		 const struct pd_lb_service *svcs, unsigned n_svcs,
+		 struct pd_lb_backend *bks, unsigned n_bks);
+/* What pd_lb_commit of the same arguments would move, without publishing:
+ * out[i] for svcs[i]. */
+int pd_lb_preview(struct pd_pipeline *p, int stage,
+		  const struct pd_lb_service *svcs, unsigned n_svcs,
+		  const struct pd_lb_backend *bks, unsigned n_bks,
+		  struct pd_lb_change *out);
+/* Live connections and assignments of backend ids ids[0..n). */
+int pd_lb_backend_stats(struct pd_pipeline *p, int stage, const int32_t *ids,
+			unsigned n, struct pd_lb_bstats *out);
+/* Build a weighted Maglev table of size m (a prime) for n backends with
+ * permutation keys `keys`; table[j] = backend index. Returns the build time
+ * in nanoseconds (benchmarks, previews). */
+int64_t pd_maglev_build(const uint64_t *keys, const uint32_t *weights,
+			unsigned n, uint32_t m, int32_t *table);
 
 #endif /* PD_API_H */

@@ -38,6 +38,7 @@ struct pd_meta {
 };
 #define PD_META_FRAG 0x1      /* non-first IP fragment: no L4 header */
 #define PD_META_REPLY 0x2     /* conntrack: against the flow's original direction */
+#define PD_META_NAT 0x4       /* conntrack: found by the flow's translated reply tuple */
 
 extern int pd_meta_offset;
 static inline struct pd_meta *pd_meta(struct rte_mbuf *m)

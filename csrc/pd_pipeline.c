@@ -30,6 +30,7 @@ static const struct pd_stage_ops *const stage_types[] = {
 	&pd_stage_count, &pd_stage_mirror, &pd_stage_drop,
 	&pd_stage_policy, &pd_stage_conntrack,
 	&pd_stage_esp_encrypt, &pd_stage_esp_decrypt,
+	&pd_stage_lb,
 	NULL,
 };
 

@@ -241,6 +241,9 @@ def serve_dataplane(dp: Any, ports: dict[str, str], path: str | None) -> Any:
     if any(st.TYPE == "policy" for st in dp.pipeline.stages):
         from .policy.service import PolicyService
         dp.services.setdefault("policy", PolicyService(dp)).register(srv)
+    if any(st.TYPE == "lb" for st in dp.pipeline.stages):
+        from .lb.service import Services
+        Services(dp).register(srv)
     from .obs_service import ObsService
     ObsService(dp).register(srv)
     srv.start()
@@ -443,7 +446,8 @@ def bench(pipeline_file: str, duration: float, flows: int, pkt_size: int,
 @click.option("--stage", default=None, help="Conntrack stage (default: the first).")
 @click.option("--addr", default=None, help="Only flows with this address on either side.")
 @click.option("--port", "port_", type=int, default=None, help="Only flows with this port.")
-@click.option("--state", default=None, help="new, established or closing.")
+@click.option("--state", default=None,
+              help="new, established, closing, or a TCP state (syn_sent, fin_wait...).")
 @click.option("--limit", type=int, default=1000, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def flows(control: str | None, stage: str | None, addr: str | None, port_: int | None,
@@ -457,8 +461,11 @@ def flows(control: str | None, stage: str | None, addr: str | None, port_: int |
     click.echo(f"stage {res['stage']}: {res['total']} flows, {len(res['flows'])} shown")
     for f in res["flows"]:
         click.echo(f"  {f['proto']:>3} {f['src']}:{f['sport']} -> {f['dst']}:{f['dport']} "
-                   f"{f['state']:<11} pkts {f['packets_orig']}/{f['packets_reply']} "
-                   f"bytes {f['bytes_orig']}/{f['bytes_reply']} idle {f['idle_ms']} ms")
+                   f"{f.get('tcp_state', f['state']):<11} pkts {f['packets_orig']}/"
+                   f"{f['packets_reply']} bytes {f['bytes_orig']}/{f['bytes_reply']} "
+                   f"idle {f['idle_ms']} ms"
+                   + (f" nat {f['nat']['src']}:{f['nat']['sport']} -> {f['nat']['dst']}:"
+                      f"{f['nat']['dport']}" if f.get("nat") else ""))
 
 
 @main.command()
@@ -606,6 +613,10 @@ def testbed_down(name: str) -> None:
 from .cli_obs import register as _register_obs  # noqa: E402 - after main exists
 
 _register_obs(main)
+
+from .cli_service import service as _service  # noqa: E402 - pydp service ...
+
+main.add_command(_service)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -29,12 +29,14 @@ if TYPE_CHECKING:
 
 
 def _dtype() -> np.dtype:
-    fields = [("family", "u1"), ("proto", "u1"), ("state", "u1"), ("pad", "u1"),
+    fields = [("family", "u1"), ("proto", "u1"), ("state", "u1"), ("tcp_state", "u1"),
               ("sport", "u2"), ("dport", "u2"), ("src", "u1", (16,)), ("dst", "u1", (16,)),
               ("tag", "u4"), ("index", "u4"),
               ("packets_orig", "u8"), ("packets_reply", "u8"),
               ("bytes_orig", "u8"), ("bytes_reply", "u8"),
-              ("age_ms", "u8"), ("idle_ms", "u8")]
+              ("age_ms", "u8"), ("idle_ms", "u8"), ("lb", "u4"),
+              ("nat_sport", "u2"), ("nat_dport", "u2"),
+              ("nat_src", "u1", (16,)), ("nat_dst", "u1", (16,))]
     dt = np.dtype({
         "names": [f[0] for f in fields],
         "formats": [np.dtype((f[1], f[2])) if len(f) == 3 else np.dtype(f[1]) for f in fields],
@@ -52,6 +54,11 @@ FLOW_DTYPE = _dtype()
 #: flow states by number (the ``state`` field)
 STATES = {lib.PD_CT_NEW: "new", lib.PD_CT_ESTABLISHED: "established",
           lib.PD_CT_CLOSING: "closing"}
+
+#: the precise states (the ``tcp_state`` field): the TCP state machine's
+TCP_STATES = {lib.PD_CT_NEW: "syn_sent", lib.PD_CT_SYN_RECV: "syn_recv",
+              lib.PD_CT_ESTABLISHED: "established", lib.PD_CT_FIN_WAIT: "fin_wait",
+              lib.PD_CT_TIME_WAIT: "time_wait", lib.PD_CT_CLOSING: "close"}
 
 
 def _stage(dp: Dataplane, stage: str) -> int:
@@ -99,9 +106,10 @@ def expire(dp: Dataplane, stage: str, max_scan: int = 0) -> int:
 
 
 def addresses(recs: np.ndarray, field: str = "src") -> list[str]:
-    """The ``src`` or ``dst`` addresses of flow records as strings."""
-    if field not in ("src", "dst"):
-        raise InvalidArgument(f"field must be 'src' or 'dst', not {field!r}")
+    """The ``src``, ``dst``, ``nat_src`` or ``nat_dst`` addresses of flow records as strings."""
+    if field not in ("src", "dst", "nat_src", "nat_dst"):
+        raise InvalidArgument(f"field must be 'src', 'dst', 'nat_src' or 'nat_dst', "
+                              f"not {field!r}")
     out = []
     for fam, raw in zip(recs["family"].tolist(), recs[field]):
         b = raw.tobytes()
@@ -114,17 +122,30 @@ def state_names(recs: np.ndarray) -> list[str]:
     return [STATES.get(s, str(s)) for s in recs["state"].tolist()]
 
 
-__all__ = ["FLOW_DTYPE", "STATES", "addresses", "count", "expire", "flows", "records",
-           "state_names"]
+def tcp_state_names(recs: np.ndarray) -> list[str]:
+    """The precise state of flow records (TCP: syn_sent ... time_wait, close;
+    other protocols: new or established)."""
+    out = []
+    for p, s in zip(recs["proto"].tolist(), recs["tcp_state"].tolist()):
+        out.append(TCP_STATES.get(s, str(s)) if p == 6 else STATES.get(s, str(s)))
+    return out
+
+
+__all__ = ["FLOW_DTYPE", "STATES", "TCP_STATES", "Ager", "addresses", "count", "expire", "flows",
+           "records", "state_names", "tcp_state_names"]
 
 
 def records(recs: np.ndarray, addr: str | None = None, port: int | None = None,
             state: str | None = None, limit: int = 0) -> list[dict]:
-    """Flow records as dicts, filtered by address (either side), port (either side), state."""
+    """Flow records as dicts, filtered by address (either side), port (either side), state
+    (new, established, closing, or a precise TCP state: syn_sent ... time_wait, close)."""
     src, dst = addresses(recs, "src"), addresses(recs, "dst")
+    nsrc, ndst = addresses(recs, "nat_src"), addresses(recs, "nat_dst")
     names = state_names(recs)
-    if state is not None and state not in STATES.values():
-        raise InvalidArgument(f"state: {state!r} is not one of {', '.join(STATES.values())}")
+    detail = tcp_state_names(recs)
+    known = list(STATES.values()) + [n for n in TCP_STATES.values() if n not in STATES.values()]
+    if state is not None and state not in known:
+        raise InvalidArgument(f"state: {state!r} is not one of {', '.join(known)}")
     out = []
     for i in range(len(recs)):
         r = recs[i]
@@ -132,7 +153,7 @@ def records(recs: np.ndarray, addr: str | None = None, port: int | None = None,
             continue
         if port is not None and port not in (int(r["sport"]), int(r["dport"])):
             continue
-        if state is not None and names[i] != state:
+        if state is not None and state not in (names[i], detail[i]):
             continue
         out.append({"proto": int(r["proto"]), "src": src[i], "sport": int(r["sport"]),
                     "dst": dst[i], "dport": int(r["dport"]), "state": names[i],
@@ -140,7 +161,63 @@ def records(recs: np.ndarray, addr: str | None = None, port: int | None = None,
                     "packets_reply": int(r["packets_reply"]),
                     "bytes_orig": int(r["bytes_orig"]), "bytes_reply": int(r["bytes_reply"]),
                     "age_ms": int(r["age_ms"]), "idle_ms": int(r["idle_ms"]),
-                    "tag": int(r["tag"]), "index": int(r["index"])})
+                    "tag": int(r["tag"]), "index": int(r["index"]), "tcp_state": detail[i],
+                    "backend": int(r["lb"]) - 1 if r["lb"] else None,
+                    "nat": ({"src": nsrc[i], "sport": int(r["nat_sport"]), "dst": ndst[i],
+                             "dport": int(r["nat_dport"])} if r["nat_dport"] else None)})
         if limit and len(out) >= limit:
             break
     return out
+
+
+class Ager:
+    """Ages every conntrack stage of a dataplane from a background thread.
+
+    Calls :func:`expire` on each conntrack stage every ``interval`` seconds
+    (``max_scan`` slots per call, 0: the whole table). ``pydp run`` starts one,
+    so flows expire, evicted slots are recycled and least-connections counts
+    fall as connections end. The workers never wait for it.
+    """
+
+    def __init__(self, dp: Dataplane, interval: float = 1.0, max_scan: int = 0) -> None:
+        """Prepare; :meth:`start` (or ``with``) runs it."""
+        import threading
+
+        if interval <= 0:
+            raise InvalidArgument(f"interval must be positive, not {interval}")
+        self.dp = dp
+        self.interval = interval
+        self.max_scan = max_scan
+        self.stages = [s.name for s in dp.pipeline.stages if isinstance(s, Conntrack)]
+        self.expired = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Ager:
+        """Start the thread (nothing to do without a conntrack stage)."""
+        import threading
+
+        if self.stages and self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="pydp-ager", daemon=True)
+            self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            for st in self.stages:
+                if self.dp._cp is None:
+                    return
+                self.expired += expire(self.dp, st, self.max_scan)
+
+    def close(self) -> None:
+        """Stop the thread and wait for it."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def __enter__(self) -> Ager:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

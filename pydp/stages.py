@@ -475,28 +475,44 @@ class Conntrack(Stage):
     only looks up, and a policy stage creates the flows it allows.
     ``timeouts``: idle seconds before a flow expires, per kind
     (``tcp_established`` 300, ``tcp_other`` 30, ``udp`` 30 (and every
-    protocol but TCP and ICMP), ``icmp`` 10); flows age when
-    :func:`pydp.flows.expire` runs. Read the table with :func:`pydp.flows.flows`.
+    protocol but TCP and ICMP), ``icmp`` 10); per TCP state
+    ``tcp_syn_sent``, ``tcp_fin_wait``, ``tcp_time_wait`` (default:
+    tcp_other), ``tcp_syn_recv`` (default: tcp_established: a flow the
+    server answered counts as established) and ``tcp_close`` (after a RST;
+    default: tcp_other, at most 10); flows age when :func:`pydp.flows.expire` runs. ``full``:
+    ``drop`` (new flows are dropped with table-full) or ``evict`` (the least
+    recently used flow makes room; closing flows go first). Read the table
+    with :func:`pydp.flows.flows`.
     """
 
     TYPE: ClassVar[str] = "conntrack"
     NEEDS_PARSE: ClassVar[bool] = True
     MODES: ClassVar[tuple[str, ...]] = ("auto", "confirm")
+    FULL: ClassVar[tuple[str, ...]] = ("drop", "evict")
     TIMEOUTS: ClassVar[dict[str, float]] = {
         "tcp_established": 300, "tcp_other": 30, "udp": 30, "icmp": 10}
+    TCP_TIMEOUTS: ClassVar[tuple[str, ...]] = (
+        "tcp_syn_sent", "tcp_syn_recv", "tcp_fin_wait", "tcp_time_wait", "tcp_close")
     MAX_CAPACITY: ClassVar[int] = 1 << 24
     next: str | None = None
     capacity: int = 65536
     mode: str = "auto"
     timeouts: dict | None = None
+    full: str = "drop"
 
     def __post_init__(self) -> None:
         if isinstance(self.timeouts, dict):
             self.timeouts = dict(self.timeouts)  # plain data (YAML gives a LocDict)
+        self._nat = False
 
     def validate(self, pl: Pipeline) -> None:
-        """Check capacity, mode and timeouts."""
+        """Check capacity, mode, full and timeouts; see whether an lb stage translates."""
         super().validate(pl)
+        if self.full not in self.FULL:
+            raise ConfigError(f"stage '{self.name}': full must be drop or evict, not "
+                              f"{self.full!r}", key="full")
+        self._nat = any(getattr(s, "conntrack", None) == self.name and s.TYPE == "lb"
+                        for s in pl.stages)
         c = self.capacity
         if isinstance(c, bool) or not isinstance(c, int) or not 1 <= c <= self.MAX_CAPACITY:
             raise ConfigError(f"stage '{self.name}': capacity must be a whole number of flows "
@@ -514,16 +530,18 @@ class Conntrack(Stage):
                 raise ConfigError(f"stage '{self.name}': timeouts must map "
                                   f"{', '.join(self.TIMEOUTS)} to seconds", key="timeouts")
             for k, v in self.timeouts.items():
-                if k not in self.TIMEOUTS:
+                if k not in self.TIMEOUTS and k not in self.TCP_TIMEOUTS:
                     raise ConfigError(f"stage '{self.name}': timeouts has no key '{k}' "
-                                      f"(allowed: {', '.join(self.TIMEOUTS)})", key=k,
-                                      path=("timeouts", k))
+                                      f"(allowed: "
+                                      f"{', '.join([*self.TIMEOUTS, *self.TCP_TIMEOUTS])})",
+                                      key=k, path=("timeouts", k))
                 if isinstance(v, bool) or not isinstance(v, (int, float)) \
                         or not 0.001 <= v <= 4294967:
                     raise ConfigError(f"stage '{self.name}': timeouts: {k} must be seconds "
                                       f"from 0.001 to 4294967, not {v!r}", key=k,
                                       path=("timeouts", k))
-                t[k] = v
+                if k in self.TIMEOUTS:
+                    t[k] = v
         order = {"tcp_established": lib.PD_CT_TIMEOUT_TCP_ESTABLISHED,
                  "tcp_other": lib.PD_CT_TIMEOUT_TCP_OTHER, "udp": lib.PD_CT_TIMEOUT_UDP,
                  "icmp": lib.PD_CT_TIMEOUT_ICMP}
@@ -532,15 +550,123 @@ class Conntrack(Stage):
             ms[order[k]] = max(1, round(v * 1000))
         return ms
 
+    def all_timeouts_ms(self) -> list[int]:
+        """Every timeout in ms in pd_ct_conf order; 0 for a TCP state not named (its default)."""
+        ms = self.timeouts_ms() + [0] * len(self.TCP_TIMEOUTS)
+        for i, k in enumerate(self.TCP_TIMEOUTS):
+            if self.timeouts and k in self.timeouts:
+                ms[lib.PD_CT_N_TIMEOUTS + i] = max(1, round(self.timeouts[k] * 1000))
+        return ms
+
     def configure(self, cp: Any, idx: int, ports: dict[str, int]) -> None:
         """Create the flow table."""
         from ._core import check
-        ms = ffi.new("uint32_t[]", self.timeouts_ms())
-        check(lib.pd_conntrack_config(cp, idx, self.capacity, int(self.mode == "confirm"), ms))
+        conf = ffi.new("struct pd_ct_conf *")
+        conf.capacity = self.capacity
+        conf.confirm = int(self.mode == "confirm")
+        conf.evict = int(self.full == "evict")
+        conf.nat = int(self._nat)
+        conf.timeouts_ms = self.all_timeouts_ms()
+        check(lib.pd_conntrack_configure(cp, idx, conf))
+
+
+@dataclass
+class LoadBalancer(Stage):
+    """Service load balancing (type ``lb``): VIP:port -> backends, DNAT (and SNAT).
+
+    ``conntrack``: the conntrack stage every path into this one passes (it
+    keeps each flow's backend, its translated reply tuple and the live
+    connection counts of least_conn). ``services``: a list of
+    :class:`pydp.lb.Service` mappings (name, vip, port, proto, algorithm
+    maglev|wrr|least_conn, table_size, snat, backends [{addr, port, weight,
+    state}]). Change them at run time with :class:`pydp.lb.Services`. Drops:
+    no-backend, no-flow, nat-table-full, nat-conflict, snat-ports-exhausted.
+    """
+
+    TYPE: ClassVar[str] = "lb"
+    NEEDS_PARSE: ClassVar[bool] = True
+    next: str | None = None
+    conntrack: str | None = None
+    services: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._pl: Pipeline | None = None
+
+    def service_objects(self) -> list:
+        """The services as validated :class:`pydp.lb.Service` objects."""
+        from .lb.model import Service
+        if not isinstance(self.services, list):
+            raise ConfigError(f"stage '{self.name}': services must be a list", key="services")
+        out, names, keys = [], set(), set()
+        for i, d in enumerate(self.services):
+            try:
+                svc = d if isinstance(d, Service) else Service.from_dict(d, f"service {i}")
+                svc.validate()
+            except ConfigError as e:
+                raise ConfigError(f"stage '{self.name}': {e.message}", key=e.key,
+                                  path=("services", i) + (tuple(e.path) if e.path else
+                                                          (e.key,) if e.key else ())) from None
+            if svc.name in names:
+                raise ConfigError(f"stage '{self.name}': service name '{svc.name}' is used "
+                                  "twice", key="name", path=("services", i, "name"))
+            key = (svc.vip, svc.port, svc.proto)
+            if key in keys:
+                raise ConfigError(f"stage '{self.name}': service '{svc.name}': "
+                                  f"{svc.vip} port {svc.port}/{svc.proto} is already a "
+                                  "service", key="vip", path=("services", i, "vip"))
+            names.add(svc.name)
+            keys.add(key)
+            out.append(svc)
+        return out
+
+    def validate(self, pl: Pipeline) -> None:
+        """Check the edges, the conntrack stage and the services."""
+        super().validate(pl)
+        ct = self.conntrack
+        if ct is None:
+            raise ConfigError(f"stage '{self.name}': needs 'conntrack' (the flow table "
+                              "that keeps each flow on its backend)", key="conntrack")
+        if ct not in pl.stage_names():
+            raise ConfigError(f"stage '{self.name}': conntrack: no stage named '{ct}'",
+                              key="conntrack")
+        if pl.stage(ct).TYPE != "conntrack":
+            raise ConfigError(f"stage '{self.name}': conntrack: '{ct}' is a "
+                              f"{pl.stage(ct).TYPE}, not a conntrack stage", key="conntrack")
+        for port, start in pl.input_map().items():
+            todo, seen = [start], set()
+            while todo:
+                n = todo.pop()
+                if n in seen or n == ct:
+                    continue
+                if n == self.name:
+                    raise ConfigError(f"stage '{self.name}': conntrack: packets from port "
+                                      f"'{port}' can reach it without passing '{ct}'",
+                                      key="conntrack")
+                seen.add(n)
+                todo.extend(pl.stage(n).edges().values())
+        self.service_objects()
+        self._pl = pl
+
+    def to_dict(self) -> dict[str, Any]:
+        """YAML-ready (services as mappings)."""
+        d = super().to_dict()
+        if self.services:
+            d["services"] = [x.to_dict() for x in self.service_objects()]
+        return d
+
+    def configure(self, cp: Any, idx: int, ports: dict[str, int]) -> None:
+        """Link conntrack, publish the services."""
+        from ._core import check
+        from .lb.table import commit
+        assert self._pl is not None
+        ct = [s.name for s in self._pl.order()].index(self.conntrack)
+        check(lib.pd_lb_config(cp, idx, ct))
+        commit(cp, idx, self.service_objects())
 
 
 STAGE_TYPES: dict[str, type[Stage]] = {
-    c.TYPE: c for c in (Parse, Forward, L3Route, Count, Mirror, Drop, Policy, Conntrack)
+    c.TYPE: c for c in (Parse, Forward, L3Route, Count, Mirror, Drop, Policy, Conntrack,
+                        LoadBalancer)
 }
 
 

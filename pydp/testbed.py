@@ -55,6 +55,15 @@ class _Host:
     dp_iface: str
     port: str
     addrs: tuple[str, ...]
+    mac: str | None = None                        # the host interface's MAC
+    neigh: tuple[tuple[str, str], ...] = ()       # static neighbours (addr, MAC)
+    routes: tuple[tuple[str, str], ...] = ()      # (prefix, via)
+
+
+def _lb_backend(i: int) -> _Host:
+    return _Host(f"pdlbs{i}", f"pdlbs{i}0", f"pdlbs{i}1", f"be{i}", (f"10.77.1.{10 + i}/24",),
+                 mac=f"02:77:00:00:01:{10 + i:02x}", neigh=(("10.77.1.1", "02:77:00:00:01:01"),),
+                 routes=(("10.77.0.0/24", "10.77.1.1"),))
 
 
 _TOPOLOGIES: dict[str, tuple[_Host, ...]] = {
@@ -62,7 +71,16 @@ _TOPOLOGIES: dict[str, tuple[_Host, ...]] = {
         _Host("pdA", "vethA", "vethA-dp", "a", ("10.0.0.1/24", "fd00::1/64")),
         _Host("pdB", "vethB", "vethB-dp", "b", ("10.0.0.2/24", "fd00::2/64")),
     ),
+    # pipelines/load-balancer.yaml: a client reaches the VIP 10.77.0.100 (a static
+    # neighbour entry: no ARP), three backends answer through the dataplane
+    # (their route back to the clients goes via 10.77.1.1, also static)
+    "lb": (
+        _Host("pdlbc", "pdlbc0", "pdlbc1", "clients", ("10.77.0.2/24",),
+              mac="02:77:00:00:00:02", neigh=(("10.77.0.100", "02:77:00:00:00:01"),)),
+        _lb_backend(1), _lb_backend(2), _lb_backend(3),
+    ),
 }
+_PIPELINES = {"two-host": "l2bridge.yaml", "lb": "load-balancer.yaml"}
 
 
 @dataclass
@@ -117,8 +135,12 @@ class Topology:
                          f"{' '.join(self.addresses.get(ns, []))}   <-> root "
                          f"{self.dp_ifaces.get(port, '?')} (port {port})")
         ports = " ".join(f"--port {p}={d}" for p, d in self.devargs().items())
-        lines.append(f"  run:  pydp run pipelines/l2bridge.yaml {ports}")
-        if self.hosts and len(self.hosts) > 1:
+        lines.append(f"  run:  pydp run pipelines/{_PIPELINES.get(self.name, 'l2bridge.yaml')} "
+                     f"{ports}")
+        if self.name == "lb":
+            lines.append("  try:  ip netns exec pdlbc curl -s http://10.77.0.100/   "
+                         "(backends: python -m pydp.lb.httpd in pdlbs1..3)")
+        elif self.hosts and len(self.hosts) > 1:
             lines.append(f"  try:  ip netns exec {self.hosts[0]} ping -c 3 "
                          f"{self.addr(self.hosts[1])}")
         lines.append(f"  down: pydp testbed down {self.name}")
@@ -219,6 +241,8 @@ def up(name: str = "two-host") -> Topology:
             _offloads_off(h.iface)
             _offloads_off(h.dp_iface)
             _sysctl(f"net/ipv6/conf/{h.dp_iface}/disable_ipv6", "1")
+            if h.mac:
+                _run(["ip", "link", "set", h.iface, "address", h.mac])
             _run(["ip", "link", "set", h.iface, "netns", h.ns])
             for a in h.addrs:
                 v6 = ipaddress.ip_interface(a).version == 6
@@ -226,6 +250,12 @@ def up(name: str = "two-host") -> Topology:
                      + (["nodad"] if v6 else []))
             _run(["ip", "-n", h.ns, "link", "set", h.iface, "up"])
             _run(["ip", "link", "set", h.dp_iface, "up"])
+            for addr, mac in h.neigh:
+                _run(["ip", "-n", h.ns, "neigh", "replace", addr, "lladdr", mac, "dev",
+                      h.iface, "nud", "permanent"])
+            for prefix, via in h.routes:
+                _run(["ip", "-n", h.ns, "route", "replace", prefix, "via", via, "dev",
+                      h.iface])
     except BaseException:
         down(name)
         raise

@@ -52,6 +52,16 @@
  *   workers (RSS is not symmetric), so counters are added atomically when
  *   the pipeline runs more than one worker, with plain adds otherwise.
  *
+ * - NAT (issue 4): the lb stage adds each translated flow's reply tuple as
+ *   a second key; its slot is an alias (PD_CT_ALIAS, tag = the flow). A
+ *   lookup follows it. Alias and flow die together (ct_kill), and share
+ *   the defer queue; alias slots are not counted in `used` (CT_NODEC).
+ *
+ * - Eviction (full: evict) runs in the worker that needs room: ct_evict
+ *   kills the victim like the expiry does, frees its `used` place at once
+ *   and queues its slots on an MP/SC ring that the next expire feeds to
+ *   the defer queue (a worker cannot wait for a grace period).
+ *
  * Measured (pydp.bench, 10000 UDP flows, all hits, 64-byte frames, one
  * worker, hugepages, on-CPU cycles per packet, a shared 2-CPU VM, so +-15%):
  * parse + conntrack + forward 134, parse + forward 64-67: about 70 cycles
@@ -71,6 +81,7 @@
 #include <rte_malloc.h>
 #include <rte_prefetch.h>
 #include <rte_rcu_qsbr.h>
+#include <rte_ring.h>
 #include <rte_tcp.h>
 
 #include "conntrack.h"
@@ -91,23 +102,29 @@ static const char *const ct_drops[] = {
 
 /* extra counters: flows created here (auto or confirm), IP packets that
  * left without a flow (confirm mode misses), packets without an IP header */
-enum { CT_X_CREATED = 0, CT_X_NO_FLOW, CT_X_NOT_IP };
-static const char *const ct_extra[] = { "created", "no_flow", "not_ip", NULL };
+enum { CT_X_CREATED = 0, CT_X_NO_FLOW, CT_X_NOT_IP, CT_X_EVICTED };
+static const char *const ct_extra[] = { "created", "no_flow", "not_ip", "evicted",
+					NULL };
 static const char *const ct_edges[] = { "next", NULL };
 
 #define CT_MAX_CAPACITY (1u << 24)
 #define CT_RECLAIM_BATCH 32
+#define CT_NODEC 0x80000000u      /* defer-queue element: not counted in `used` */
+#define CT_EVICT_SAMPLE 8u        /* live flows compared per eviction */
+#define CT_EVICT_MAX_SCAN 8192u   /* slots read per eviction at most */
 #define ICMP6_ECHO_REQUEST 128
 #define ICMP6_ECHO_REPLY 129
 
+/* 0: take tcp_other's value (close: at most 10 s of it) */
 static const uint32_t ct_default_timeouts_ms[PD_CT_N_TIMEOUTS] = {
 	[PD_CT_TIMEOUT_TCP_ESTABLISHED] = 300000,
 	[PD_CT_TIMEOUT_TCP_OTHER] = 30000,
 	[PD_CT_TIMEOUT_UDP] = 30000,
 	[PD_CT_TIMEOUT_ICMP] = 10000,
 };
-static const char *const ct_timeout_names[PD_CT_N_TIMEOUTS] = {
-	"tcp_established", "tcp_other", "udp", "icmp",
+static const char *const ct_timeout_names[PD_CT_N_TIMEOUTS_ALL] = {
+	"tcp_established", "tcp_other", "udp", "icmp", "tcp_syn_sent",
+	"tcp_syn_recv", "tcp_fin_wait", "tcp_time_wait", "tcp_close",
 };
 
 static unsigned ct_seq;
@@ -244,10 +261,18 @@ static void ct_key_from_flow(const struct pd_flow *f, struct ct_key *k)
 
 static inline unsigned ct_timeout_idx(uint8_t proto, uint8_t state)
 {
+	static const uint8_t tcp[] = {
+		[PD_CT_NEW] = PD_CT_TIMEOUT_TCP_SYN_SENT,
+		[PD_CT_ESTABLISHED] = PD_CT_TIMEOUT_TCP_ESTABLISHED,
+		[PD_CT_CLOSING] = PD_CT_TIMEOUT_TCP_CLOSE,
+		[PD_CT_SYN_RECV] = PD_CT_TIMEOUT_TCP_SYN_RECV,
+		[PD_CT_FIN_WAIT] = PD_CT_TIMEOUT_TCP_FIN_WAIT,
+		[PD_CT_TIME_WAIT] = PD_CT_TIMEOUT_TCP_TIME_WAIT,
+	};
+
 	switch (proto) {
 	case IPPROTO_TCP:
-		return state == PD_CT_ESTABLISHED ?
-			PD_CT_TIMEOUT_TCP_ESTABLISHED : PD_CT_TIMEOUT_TCP_OTHER;
+		return state < RTE_DIM(tcp) ? tcp[state] : PD_CT_TIMEOUT_TCP_OTHER;
 	case IPPROTO_ICMP:
 	case IPPROTO_ICMPV6:
 		return PD_CT_TIMEOUT_ICMP;
@@ -298,39 +323,210 @@ static inline bool ct_reserve(struct pd_ct *c)
 }
 
 /*
+ * The TCP state machine (and UDP/ICMP's two states): the state after a
+ * packet with TCP flags `tf` in direction `reply`. *flags records which
+ * directions have sent a FIN.
+ *
+ *   NEW (SYN sent) --SYN+ACK reply--> SYN_RECV --ACK orig--> ESTABLISHED
+ *   NEW --any non-SYN reply--> ESTABLISHED (a flow picked up mid-stream)
+ *   any but CLOSE --FIN--> FIN_WAIT --FIN the other way--> TIME_WAIT
+ *   any --RST--> CLOSE (PD_CT_CLOSING), which nothing leaves
+ * Other protocols: NEW --first reply--> ESTABLISHED.
+ */
+static inline uint8_t ct_next_state(uint8_t proto, uint8_t st, uint8_t *flags,
+				    unsigned reply, uint8_t tf)
+{
+	const uint8_t both = PD_FLOW_FIN_ORIG | PD_FLOW_FIN_REPLY;
+
+	if (proto != IPPROTO_TCP)
+		return reply && st == PD_CT_NEW ? PD_CT_ESTABLISHED : st;
+	if (tf & RTE_TCP_RST_FLAG)
+		return PD_CT_CLOSING;
+	if (st == PD_CT_CLOSING)
+		return st;
+	if (tf & RTE_TCP_FIN_FLAG) {
+		*flags |= reply ? PD_FLOW_FIN_REPLY : PD_FLOW_FIN_ORIG;
+		return (*flags & both) == both ? PD_CT_TIME_WAIT : PD_CT_FIN_WAIT;
+	}
+	switch (st) {
+	case PD_CT_NEW:
+		if (!reply)
+			return st;
+		if (tf & RTE_TCP_SYN_FLAG)
+			return (tf & RTE_TCP_ACK_FLAG) ? PD_CT_SYN_RECV : st;
+		return PD_CT_ESTABLISHED;
+	case PD_CT_SYN_RECV:
+		if (!reply && (tf & RTE_TCP_ACK_FLAG) && !(tf & RTE_TCP_SYN_FLAG))
+			return PD_CT_ESTABLISHED;
+		return st;
+	default:
+		return st;
+	}
+}
+
+/*
  * Count a packet of `len` bytes in flow `f` (direction `reply`, word `v`
- * as last read) and move the flow's state forward: FIN or RST
- * closes a TCP flow, the first reply establishes a new one. States only
- * move forward (NEW < ESTABLISHED < CLOSING), and never out of DEAD, so a
- * worker racing with the expiry cannot revive a deleted flow.
+ * as last read) and move the flow's state (ct_next_state). The new state
+ * is computed from the word the compare-and-swap saw, so two workers
+ * racing on the two directions both get their transition; nothing leaves
+ * DEAD, so a worker racing with the expiry cannot revive a deleted flow.
+ * Packets that change nothing (most) do no atomic operation on the word.
  */
 static inline void ct_track(struct pd_flow *f, union pd_flow_word v,
-			    unsigned reply, uint8_t tcp_flags, uint32_t len,
-			    uint64_t now, bool mt)
+			    uint8_t proto, unsigned reply, uint8_t tcp_flags,
+			    uint32_t len, uint64_t now, bool mt)
 {
-	uint8_t next = v.state;
-
 	ct_add(&f->packets[reply], 1, mt);
 	ct_add(&f->bytes[reply], len, mt);
 	if (__atomic_load_n(&f->last_tsc, __ATOMIC_RELAXED) != now)
 		__atomic_store_n(&f->last_tsc, now, __ATOMIC_RELAXED);
-	if (tcp_flags & (RTE_TCP_FIN_FLAG | RTE_TCP_RST_FLAG))
-		next = PD_CT_CLOSING;
-	else if (reply && v.state == PD_CT_NEW)
-		next = PD_CT_ESTABLISHED;
-	if (next == v.state)
-		return;
 	for (;;) {
 		union pd_flow_word n = v;
 
-		if (v.state < PD_CT_NEW || v.state >= next)
+		if (!pd_ct_live(v.state))
 			return;
-		n.state = next;
+		n.state = ct_next_state(proto, v.state, &n.flags, reply, tcp_flags);
+		if (n.u64 == v.u64)
+			return;
 		if (__atomic_compare_exchange_n(&f->w.u64, &v.u64, n.u64, false,
 						__ATOMIC_ACQ_REL,
 						__ATOMIC_ACQUIRE))
 			return;
 	}
+}
+
+/* ---- taking flows out: expiry (control thread) and eviction (workers) ---- */
+
+/* Kill alias entry `pos`: DEAD, key deleted. False if it is not a live
+ * alias (someone else killed it). The caller defers the slot. */
+static bool ct_alias_kill(struct pd_ct *c, uint32_t pos)
+{
+	struct pd_flow *a = &c->flows[pos];
+	union pd_flow_word v, d;
+	struct ct_key key;
+
+	v.u64 = __atomic_load_n(&a->w.u64, __ATOMIC_ACQUIRE);
+	do {
+		if (v.state != PD_CT_ALIAS || (v.flags & PD_FLOW_BUSY))
+			return false;
+		d = v;
+		d.state = PD_CT_DEAD;
+	} while (!__atomic_compare_exchange_n(&a->w.u64, &v.u64, d.u64, false,
+					      __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE));
+	ct_key_from_flow(a, &key);
+	rte_hash_del_key(c->h, &key);
+	return true;
+}
+
+/*
+ * Take flow `pos` (word `v` as last read) out of the table: DEAD, the
+ * release hook, its alias, its key. Returns 0 (*alias_pos: the alias slot
+ * to defer too, or UINT32_MAX), -EAGAIN if the flow changed meanwhile, or
+ * -EIO if its key was not at this slot (the slot is then lost, logged).
+ */
+static int ct_kill(struct pd_ct *c, uint32_t pos, union pd_flow_word v,
+		   uint32_t *alias_pos)
+{
+	struct pd_flow *f = &c->flows[pos];
+	union pd_flow_word d = v;
+	struct ct_key key;
+	uint32_t a;
+	int32_t ret;
+
+	*alias_pos = UINT32_MAX;
+	d.state = PD_CT_DEAD;    /* workers can no longer change it */
+	if (!__atomic_compare_exchange_n(&f->w.u64, &v.u64, d.u64, false,
+					 __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+		return -EAGAIN;
+	if (c->release)
+		c->release(c->release_arg, f);
+	a = __atomic_load_n(&f->alias, __ATOMIC_ACQUIRE);
+	if (a && ct_alias_kill(c, a - 1))
+		*alias_pos = a - 1;
+	ct_key_from_flow(f, &key);
+	ret = rte_hash_del_key(c->h, &key);
+	if (ret != (int32_t)pos) {
+		RTE_LOG(ERR, USER1, "conntrack: flow %u: delete returned %d\n",
+			pos, ret);
+		return -EIO;
+	}
+	return 0;
+}
+
+/* A worker hands a slot it took out to the control thread (which defers
+ * it past a grace period). The ring holds every slot: it never fills. */
+static inline void ct_evq_push(struct pd_ct *c, uint32_t elem)
+{
+	if (rte_ring_mp_enqueue_elem(c->evq, &elem, sizeof(elem)) != 0)
+		RTE_LOG(ERR, USER1, "conntrack: eviction queue full, slot %u lost\n",
+			elem & ~CT_NODEC);
+}
+
+/*
+ * Table full, eviction on: take out the least recently used of a sample of
+ * CT_EVICT_SAMPLE live flows (an approximate LRU, as Redis does; closing
+ * flows - CLOSE and TIME_WAIT - go first). The sample continues where the
+ * previous one stopped, reading at most CT_EVICT_MAX_SCAN slots. Runs in the
+ * worker: no wait but rte_hash's writer lock for the deletes, like an
+ * insert. Returns true if a flow left (its `used` place is free at once).
+ */
+static bool ct_evict(struct pd_ct *c, struct pd_worker *w, struct pd_stage *st)
+{
+	uint32_t n = c->n_slots, want = RTE_MIN(CT_EVICT_SAMPLE, c->capacity);
+	uint32_t lim = RTE_MIN(n, CT_EVICT_MAX_SCAN), i, k, found = 0;
+	uint32_t best = UINT32_MAX, alias_pos;
+	uint64_t best_tsc = UINT64_MAX;
+	union pd_flow_word bv = { .u64 = 0 };
+	int attempt;
+
+	for (attempt = 0; attempt < 4; attempt++) {
+		i = __atomic_load_n(&c->evict_cursor, __ATOMIC_RELAXED) % n;
+		found = 0;
+		best = UINT32_MAX;
+		best_tsc = UINT64_MAX;
+		for (k = 0; k < lim && found < want; k++, i = i + 1 == n ? 0 : i + 1) {
+			const struct pd_flow *f = &c->flows[i];
+			union pd_flow_word v = ct_word(f);
+			uint64_t t;
+
+			if (!pd_ct_live(v.state) || (v.flags & PD_FLOW_BUSY))
+				continue;
+			found++;
+			t = (v.state == PD_CT_CLOSING || v.state == PD_CT_TIME_WAIT) ? 0 :
+			    __atomic_load_n(&f->last_tsc, __ATOMIC_RELAXED);
+			if (t < best_tsc) {
+				best_tsc = t;
+				best = i;
+				bv = v;
+			}
+		}
+		__atomic_store_n(&c->evict_cursor, i, __ATOMIC_RELAXED);
+		if (best == UINT32_MAX)
+			continue;        /* none in this window: the next one */
+		if (ct_kill(c, best, bv, &alias_pos) == 0) {
+			__atomic_fetch_sub(&c->used, 1, __ATOMIC_RELEASE);
+			ct_evq_push(c, best | CT_NODEC);
+			if (alias_pos != UINT32_MAX)
+				ct_evq_push(c, alias_pos | CT_NODEC);
+			w->ctr[st->ctr_extra + CT_X_EVICTED]++;
+			return true;
+		}
+	}
+	return false;
+}
+
+/* The cold half of a new flow (or alias) from its key. */
+static inline void ct_fill(struct pd_flow *f, const struct ct_key *k, int sw,
+			   uint64_t now)
+{
+	f->first_tsc = now;
+	__atomic_store_n(&f->last_tsc, now, __ATOMIC_RELAXED);
+	f->family = k->family;
+	f->proto = k->proto;
+	f->sport = sw ? k->port_hi : k->port_lo;
+	f->dport = sw ? k->port_lo : k->port_hi;
+	memcpy(f->src, sw ? k->hi : k->lo, 16);
+	memcpy(f->dst, sw ? k->lo : k->hi, 16);
 }
 
 /*
@@ -341,24 +537,31 @@ static inline void ct_track(struct pd_flow *f, union pd_flow_word v,
  * PD_CT_FREE; the loser uses the winner's flow (and tag).
  */
 static int ct_create(struct pd_ct *c, struct pd_worker *w, struct pd_stage *st,
-		     const struct ct_key *k, int sw, uint32_t tag, uint64_t now,
-		     union pd_flow_word *v)
+		     const struct ct_key *k, hash_sig_t sig, int sw, uint32_t tag,
+		     uint64_t now, union pd_flow_word *v)
 {
-	hash_sig_t sig = rte_hash_hash(c->h, k);
 	union pd_flow_word o, n, busy = { .u64 = 0 };
 	struct pd_flow *f;
 	int32_t pos;
 
-	/* created earlier in this burst, or by another worker: no lock */
-	pos = rte_hash_lookup_with_hash(c->h, k, sig);
-	if (pos >= 0) {
-		*v = ct_word(&c->flows[pos]);
-		if (v->state != PD_CT_FREE)
-			return pos;
-		/* its creator is between add and CAS: race it for the CAS */
+	/*
+	 * No lookup first: rte_hash_add_key_with_hash() finds a key that is
+	 * already there (created earlier in this burst, or by another worker)
+	 * before it takes a free slot, and returns its position; the CAS below
+	 * then finds the flow made. Saves a lookup per new flow. Only a full
+	 * table looks first, so that an existing flow is neither refused nor
+	 * the reason for an eviction.
+	 */
+	if (!ct_reserve(c)) {
+		pos = rte_hash_lookup_with_hash(c->h, k, sig);
+		if (pos >= 0) {
+			*v = ct_word(&c->flows[pos]);
+			if (v->state != PD_CT_FREE)
+				return pos;
+		}
+		if (!c->evict || !ct_evict(c, w, st) || !ct_reserve(c))
+			return -ENOSPC;
 	}
-	if (!ct_reserve(c))
-		return -ENOSPC;
 	pos = rte_hash_add_key_with_hash(c->h, k, sig);
 	if (pos < 0) {
 		__atomic_fetch_sub(&c->used, 1, __ATOMIC_RELAXED);
@@ -377,14 +580,7 @@ static int ct_create(struct pd_ct *c, struct pd_worker *w, struct pd_stage *st,
 						 __ATOMIC_ACQUIRE))
 			continue;
 		/* ours: write the cold half, then drop BUSY */
-		f->first_tsc = now;
-		__atomic_store_n(&f->last_tsc, now, __ATOMIC_RELAXED);
-		f->family = k->family;
-		f->proto = k->proto;
-		f->sport = sw ? k->port_hi : k->port_lo;
-		f->dport = sw ? k->port_lo : k->port_hi;
-		memcpy(f->src, sw ? k->hi : k->lo, 16);
-		memcpy(f->dst, sw ? k->lo : k->hi, 16);
+		ct_fill(f, k, sw, now);
 		busy.flags = PD_FLOW_BUSY;
 		__atomic_fetch_and(&f->w.u64, ~busy.u64, __ATOMIC_RELEASE);
 		w->ctr[st->ctr_extra + CT_X_CREATED]++;
@@ -398,13 +594,38 @@ static int ct_create(struct pd_ct *c, struct pd_worker *w, struct pd_stage *st,
 	return pos;
 }
 
-static inline void ct_mark(struct rte_mbuf *m, int32_t pos, unsigned reply)
+static inline void ct_mark(struct rte_mbuf *m, int32_t pos, unsigned reply,
+			   bool nat)
 {
 	struct pd_meta *md = pd_meta(m);
 
 	md->aux = (uint32_t)pos + 1;
 	if (reply)
 		md->flags |= PD_META_REPLY;
+	if (nat)
+		md->flags |= PD_META_NAT;
+}
+
+/*
+ * Slot *p (word *v) was found for a packet whose source is the key's
+ * higher end if `sw`. An alias entry stands for its flow: follow it (the
+ * flow cannot be reused before this burst ends: its slot waits for a grace
+ * period). Sets the packet's direction; returns whether it came by alias.
+ */
+static inline bool ct_resolve(const struct pd_ct *c, int32_t *p,
+			      union pd_flow_word *v, int sw, unsigned *reply)
+{
+	if (unlikely(v->state == PD_CT_ALIAS)) {
+		unsigned hi = !!(v->flags & PD_FLOW_ORIG_HI);
+
+		*p = (int32_t)v->tag;
+		*v = ct_word(&c->flows[*p]);
+		/* the alias's orientation is the reply direction's */
+		*reply = 1u ^ ((unsigned)sw ^ hi);
+		return true;
+	}
+	*reply = (unsigned)sw ^ !!(v->flags & PD_FLOW_ORIG_HI);
+	return false;
 }
 
 /* One lookup burst: n <= RTE_HASH_LOOKUP_BULK_MAX. Verdicts in packet order. */
@@ -416,6 +637,7 @@ static void ct_burst(struct pd_stage *st, struct pd_ct *c, struct pd_worker *w,
 	int32_t pos[RTE_HASH_LOOKUP_BULK_MAX];
 	int8_t kidx[RTE_HASH_LOOKUP_BULK_MAX];
 	uint8_t sw[RTE_HASH_LOOKUP_BULK_MAX], tf[RTE_HASH_LOOKUP_BULK_MAX];
+	hash_sig_t sig[RTE_HASH_LOOKUP_BULK_MAX];
 	uint16_t i, nk = 0, not_ip = 0, no_flow = 0;
 
 	for (i = 0; i < n; i++) {
@@ -423,7 +645,7 @@ static void ct_burst(struct pd_stage *st, struct pd_ct *c, struct pd_worker *w,
 		int r;
 
 		md->aux = 0;
-		md->flags &= (uint16_t)~PD_META_REPLY;
+		md->flags &= (uint16_t)~(PD_META_REPLY | PD_META_NAT);
 		r = ct_key_from_pkt(pkts[i], md, &keys[nk], &tf[nk]);
 		if (r < 0) {
 			kidx[i] = -1;
@@ -434,7 +656,10 @@ static void ct_burst(struct pd_stage *st, struct pd_ct *c, struct pd_worker *w,
 		kidx[i] = (int8_t)nk++;
 	}
 	if (nk) {
-		rte_hash_lookup_bulk(c->h, kp, nk, pos);
+		/* our own signatures: a new flow's insert reuses its own */
+		for (i = 0; i < nk; i++)
+			sig[i] = rte_hash_hash(c->h, &keys[i]);
+		rte_hash_lookup_with_hash_bulk(c->h, kp, sig, nk, pos);
 		for (i = 0; i < nk; i++)
 			if (pos[i] >= 0)
 				rte_prefetch0(&c->flows[pos[i]]);
@@ -444,7 +669,8 @@ static void ct_burst(struct pd_stage *st, struct pd_ct *c, struct pd_worker *w,
 		union pd_flow_word v;
 		int k = kidx[i];
 		int32_t p;
-		unsigned reply;
+		unsigned reply = 0;
+		bool nat = false;
 
 		if (k < 0) {
 			not_ip++;
@@ -454,6 +680,7 @@ static void ct_burst(struct pd_stage *st, struct pd_ct *c, struct pd_worker *w,
 		p = pos[k];
 		if (p >= 0) {
 			v = ct_word(&c->flows[p]);
+			nat = ct_resolve(c, &p, &v, sw[k], &reply);
 			if (!pd_ct_live(v.state))
 				p = -1;  /* being created or expired: as a miss */
 		}
@@ -463,19 +690,19 @@ static void ct_burst(struct pd_stage *st, struct pd_ct *c, struct pd_worker *w,
 				pd_emit(w, st, 0, m);
 				continue;
 			}
-			p = ct_create(c, w, st, &keys[k], sw[k], 0, now, &v);
+			p = ct_create(c, w, st, &keys[k], sig[k], sw[k], 0, now, &v);
 			if (p < 0) {
 				pd_drop(w, st, CT_DROP_TABLE_FULL, m);
 				continue;
 			}
+			nat = ct_resolve(c, &p, &v, sw[k], &reply);
 			pd_trace_hit(w, st, m, PD_TRACE_FLOW_NEW, (uint32_t)p);
 		} else {
 			pd_trace_hit(w, st, m, PD_TRACE_FLOW, (uint32_t)p);
 		}
-		reply = sw[k] ^ !!(v.flags & PD_FLOW_ORIG_HI);
-		ct_track(&c->flows[p], v, reply, tf[k], rte_pktmbuf_pkt_len(m),
-			 now, mt);
-		ct_mark(m, p, reply);
+		ct_track(&c->flows[p], v, keys[k].proto, reply, tf[k],
+			 rte_pktmbuf_pkt_len(m), now, mt);
+		ct_mark(m, p, reply, nat);
 		pd_emit(w, st, 0, m);
 	}
 	w->ctr[st->ctr_extra + CT_X_NOT_IP] += not_ip;
@@ -494,7 +721,8 @@ static void ct_process(struct pd_stage *st, struct pd_worker *w,
 		/* never configured: track nothing, pass everything */
 		for (i = 0; i < n; i++) {
 			pd_meta(pkts[i])->aux = 0;
-			pd_meta(pkts[i])->flags &= (uint16_t)~PD_META_REPLY;
+			pd_meta(pkts[i])->flags &=
+				(uint16_t)~(PD_META_REPLY | PD_META_NAT);
 			pd_emit(w, st, 0, pkts[i]);
 		}
 		w->ctr[st->ctr_extra + CT_X_NO_FLOW] += n;
@@ -506,17 +734,21 @@ static void ct_process(struct pd_stage *st, struct pd_worker *w,
 	}
 }
 
-/* Count one packet on flow p and mark it (aux, reply flag): returns p. */
+/* Count one packet on the flow at slot p (an alias is followed) and mark
+ * it (aux, reply flag): returns the flow index. */
 static int ct_hit_one(struct pd_ct *c, struct pd_worker *w, struct rte_mbuf *m,
-		      int p, union pd_flow_word v, int sw, uint8_t tf)
+		      int p, union pd_flow_word v, int sw, uint8_t proto,
+		      uint8_t tf)
 {
-	unsigned reply = (unsigned)sw ^ !!(v.flags & PD_FLOW_ORIG_HI);
+	unsigned reply;
+	int32_t q = p;
+	bool nat = ct_resolve(c, &q, &v, sw, &reply);
 
-	ct_track(&c->flows[p], v, reply, tf, rte_pktmbuf_pkt_len(m), rte_rdtsc(),
-		 w->pl->n_workers > 1);
-	pd_meta(m)->flags &= (uint16_t)~PD_META_REPLY;
-	ct_mark(m, p, reply);
-	return p;
+	ct_track(&c->flows[q], v, proto, reply, tf, rte_pktmbuf_pkt_len(m),
+		 rte_rdtsc(), w->pl->n_workers > 1);
+	pd_meta(m)->flags &= (uint16_t)~(PD_META_REPLY | PD_META_NAT);
+	ct_mark(m, q, reply, nat);
+	return q;
 }
 
 int pd_conntrack_confirm(struct pd_stage *ct, struct pd_worker *w,
@@ -533,11 +765,12 @@ int pd_conntrack_confirm(struct pd_stage *ct, struct pd_worker *w,
 	sw = ct_key_from_pkt(m, pd_meta(m), &k, &tf);
 	if (sw < 0)
 		return -EINVAL;
-	p = ct_create(c, w, ct, &k, sw, tag, rte_rdtsc(), &v);
+	p = ct_create(c, w, ct, &k, rte_hash_hash(c->h, &k), sw, tag,
+		      rte_rdtsc(), &v);
 	if (p < 0)
 		return p;
 	pd_trace_hit(w, ct, m, PD_TRACE_FLOW_NEW, (uint32_t)p);
-	return ct_hit_one(c, w, m, p, v, sw, tf);
+	return ct_hit_one(c, w, m, p, v, sw, k.proto, tf);
 }
 
 /*
@@ -564,10 +797,16 @@ int pd_conntrack_recheck(struct pd_stage *ct, struct pd_worker *w,
 	if (p < 0)
 		return -ENOENT;
 	v = ct_word(&c->flows[p]);
-	if (!pd_ct_live(v.state))
+	if (v.state == PD_CT_ALIAS) {
+		int32_t q = (int32_t)v.tag;
+
+		if (!pd_ct_live(ct_word(&c->flows[q]).state))
+			return -ENOENT;
+	} else if (!pd_ct_live(v.state)) {
 		return -ENOENT;
+	}
 	pd_trace_hit(w, ct, m, PD_TRACE_FLOW, (uint32_t)p);
-	return ct_hit_one(c, w, m, p, v, sw, tf);
+	return ct_hit_one(c, w, m, p, v, sw, k.proto, tf);
 }
 
 /* ---- control -------------------------------------------------------------- */
@@ -605,18 +844,26 @@ static void ct_slot_free(void *arg, void *e, unsigned int n)
 	struct pd_flow *f;
 	union pd_flow_word v;
 
+	uint32_t elem;
+
 	RTE_SET_USED(n);
-	memcpy(&pos, e, sizeof(pos));
+	memcpy(&elem, e, sizeof(elem));
+	pos = elem & ~CT_NODEC;
 	f = &c->flows[pos];
 	v.u64 = f->w.u64;
 	f->packets[0] = f->packets[1] = 0;
 	f->bytes[0] = f->bytes[1] = 0;
+	f->lb = 0;
+	f->alias = 0;
+	f->snat_port = 0;
 	v.state = PD_CT_FREE;
 	v.flags = 0;
 	v.tag = 0;                       /* gen stays: the next flow bumps it */
 	__atomic_store_n(&f->w.u64, v.u64, __ATOMIC_RELEASE);
 	if (c->h)
 		rte_hash_free_key_with_position(c->h, (int32_t)pos);
+	if (elem & CT_NODEC)
+		return;                  /* an alias, or evicted: not in `used` */
 	__atomic_store_n(&c->pending, c->pending - 1, __ATOMIC_RELAXED);
 	__atomic_fetch_sub(&c->used, 1, __ATOMIC_RELEASE);
 }
@@ -635,6 +882,8 @@ static void ct_table_free(struct pd_ct *c)
 		c->h = h;
 		c->dq = NULL;
 	}
+	rte_ring_free(c->evq);
+	c->evq = NULL;
 	rte_hash_free(c->h);
 	rte_free(c->flows);
 	c->h = NULL;
@@ -643,22 +892,52 @@ static void ct_table_free(struct pd_ct *c)
 	c->used = 0;
 	c->pending = 0;
 	c->cursor = 0;
+	c->evict_cursor = 0;
 }
 
 int pd_conntrack_config(struct pd_pipeline *p, int stage, unsigned capacity,
 			int confirm_mode, const uint32_t *timeouts_ms)
 {
+	struct pd_ct_conf conf;
+	struct pd_stage *st = pd_stage_get(p, stage, "conntrack");
+	unsigned i;
+
+	if (!st)
+		return -EINVAL;
+	memset(&conf, 0, sizeof(conf));
+	conf.capacity = capacity;
+	conf.confirm = confirm_mode;
+	if (!timeouts_ms)
+		timeouts_ms = ct_default_timeouts_ms;
+	for (i = 0; i < PD_CT_N_TIMEOUTS; i++) {
+		if (timeouts_ms[i] == 0)
+			return PD_ERR(EINVAL, "stage '%s': timeout %s must be at "
+				      "least 1 ms", st->name, ct_timeout_names[i]);
+		conf.timeouts_ms[i] = timeouts_ms[i];
+	}
+	return pd_conntrack_configure(p, stage, &conf);
+}
+
+int pd_conntrack_configure(struct pd_pipeline *p, int stage,
+			   const struct pd_ct_conf *conf)
+{
 	struct pd_stage *st = pd_stage_get(p, stage, "conntrack");
 	struct rte_hash_parameters hp;
 	char name[RTE_HASH_NAMESIZE];
 	uint64_t hz = rte_get_tsc_hz();
+	uint32_t ms[PD_CT_N_TIMEOUTS_ALL];
+	unsigned i, capacity, entries;
+	int confirm_mode;
 	struct pd_ct *c;
-	unsigned i;
 	int32_t max_id;
 
 	if (!st)
 		return -EINVAL;
 	c = st->priv;
+	if (!conf)
+		return PD_ERR(EINVAL, "stage '%s': no configuration", st->name);
+	capacity = conf->capacity;
+	confirm_mode = conf->confirm;
 	if (p->built)
 		return PD_ERR(EBUSY, "stage '%s': conntrack is configured before "
 			      "the pipeline is built", st->name);
@@ -668,19 +947,36 @@ int pd_conntrack_config(struct pd_pipeline *p, int stage, unsigned capacity,
 	if (confirm_mode != 0 && confirm_mode != 1)
 		return PD_ERR(EINVAL, "stage '%s': confirm_mode must be 0 or 1",
 			      st->name);
-	if (!timeouts_ms)
-		timeouts_ms = ct_default_timeouts_ms;
+	if (conf->evict != 0 && conf->evict != 1)
+		return PD_ERR(EINVAL, "stage '%s': evict must be 0 or 1", st->name);
+	if (conf->nat != 0 && conf->nat != 1)
+		return PD_ERR(EINVAL, "stage '%s': nat must be 0 or 1", st->name);
+	for (i = 0; i < PD_CT_N_TIMEOUTS_ALL; i++)
+		ms[i] = conf->timeouts_ms[i];
 	for (i = 0; i < PD_CT_N_TIMEOUTS; i++)
-		if (timeouts_ms[i] == 0)
-			return PD_ERR(EINVAL, "stage '%s': timeout %s must be at "
-				      "least 1 ms", st->name, ct_timeout_names[i]);
+		if (ms[i] == 0)
+			ms[i] = ct_default_timeouts_ms[i];
+	/* the TCP states not named take tcp_other (close: at most 10 s), but
+	 * SYN_RECV: a flow the server answered counts as established, as it
+	 * did in the first flow table (set tcp_syn_recv lower against floods) */
+	for (i = PD_CT_N_TIMEOUTS; i < PD_CT_N_TIMEOUTS_ALL; i++)
+		if (ms[i] == 0)
+			ms[i] = i == PD_CT_TIMEOUT_TCP_CLOSE ?
+				RTE_MIN(ms[PD_CT_TIMEOUT_TCP_OTHER], 10000u) :
+				i == PD_CT_TIMEOUT_TCP_SYN_RECV ?
+				ms[PD_CT_TIMEOUT_TCP_ESTABLISHED] :
+				ms[PD_CT_TIMEOUT_TCP_OTHER];
 	ct_table_free(c);
+	/* room for: the flows, a reply-tuple entry each with NAT, and the
+	 * evicted slots waiting for the control thread to recycle them */
+	entries = capacity * (conf->nat ? 2u : 1u) +
+		  (conf->evict ? capacity / 4 + 256 : 0);
 
 	snprintf(name, sizeof(name), "pdct%u",
 		 __atomic_fetch_add(&ct_seq, 1, __ATOMIC_RELAXED));
 	memset(&hp, 0, sizeof(hp));
 	hp.name = name;
-	hp.entries = RTE_MAX(capacity, 8u);   /* rte_hash: one bucket at least */
+	hp.entries = RTE_MAX(entries, 8u);    /* rte_hash: one bucket at least */
 	hp.key_len = sizeof(struct ct_key);
 	hp.hash_func = rte_hash_crc;
 	hp.socket_id = (int)rte_socket_id();
@@ -702,10 +998,82 @@ int pd_conntrack_config(struct pd_pipeline *p, int stage, unsigned capacity,
 		return PD_ERR(ENOMEM, "stage '%s': out of memory for %u flows",
 			      st->name, capacity);
 	}
+	snprintf(name, sizeof(name), "pdctev%u",
+		 __atomic_fetch_add(&ct_seq, 1, __ATOMIC_RELAXED));
+	c->evq = rte_ring_create_elem(name, sizeof(uint32_t),
+				      rte_align32pow2(c->n_slots + 1),
+				      (int)rte_socket_id(), RING_F_SC_DEQ);
+	if (!c->evq) {
+		ct_table_free(c);
+		return PD_ERR(ENOMEM, "stage '%s': out of memory for the eviction "
+			      "queue: %s", st->name, rte_strerror(rte_errno));
+	}
 	c->capacity = capacity;
 	c->confirm = confirm_mode;
-	for (i = 0; i < PD_CT_N_TIMEOUTS; i++)
-		c->timeout_tsc[i] = ct_ms_to_tsc(timeouts_ms[i], hz);
+	c->evict = conf->evict;
+	for (i = 0; i < PD_CT_N_TIMEOUTS_ALL; i++)
+		c->timeout_tsc[i] = ct_ms_to_tsc(ms[i], hz);
+	return 0;
+}
+
+void pd_conntrack_set_release(struct pd_stage *ct,
+			      void (*fn)(void *arg, const struct pd_flow *f),
+			      void *arg)
+{
+	struct pd_ct *c = ct->priv;
+
+	c->release_arg = arg;
+	c->release = fn;
+}
+
+int pd_conntrack_alias(struct pd_stage *ct, struct pd_worker *w, uint32_t flow,
+		       uint16_t gen, const uint8_t *rsrc, const uint8_t *rdst,
+		       uint16_t rsport, uint16_t rdport)
+{
+	struct pd_ct *c = ct->priv;
+	struct pd_flow *f = &c->flows[flow], *a;
+	union pd_flow_word o, n, busy = { .u64 = 0 };
+	uint64_t s[2], d[2];
+	struct ct_key k;
+	hash_sig_t sig;
+	int32_t pos;
+	int sw;
+
+	RTE_SET_USED(w);
+	memcpy(s, rsrc, 16);
+	memcpy(d, rdst, 16);
+	sw = ct_key_set(&k, f->family, f->proto, s, d, rsport, rdport);
+	sig = rte_hash_hash(c->h, &k);
+	/* an existing key (ours, or another flow's) comes back as it is */
+	pos = rte_hash_add_key_with_hash(c->h, &k, sig);
+	if (pos < 0)
+		return -ENOSPC;
+	a = &c->flows[pos];
+	o = ct_word(a);
+	for (;;) {
+		if (o.state != PD_CT_FREE)
+			return o.state == PD_CT_ALIAS && o.tag == flow ? 0 : -EEXIST;
+		n.u64 = 0;
+		n.state = PD_CT_ALIAS;
+		n.flags = PD_FLOW_BUSY | (sw ? PD_FLOW_ORIG_HI : 0);
+		n.gen = (uint16_t)(o.gen + 1);
+		n.tag = flow;
+		if (__atomic_compare_exchange_n(&a->w.u64, &o.u64, n.u64, false,
+						__ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+			break;
+	}
+	ct_fill(a, &k, sw, rte_rdtsc());
+	busy.flags = PD_FLOW_BUSY;
+	__atomic_fetch_and(&a->w.u64, ~busy.u64, __ATOMIC_RELEASE);
+	__atomic_store_n(&f->alias, (uint32_t)pos + 1, __ATOMIC_RELEASE);
+	/* the flow may have left meanwhile, before it could see its alias:
+	 * then nobody else takes the alias out */
+	o = ct_word(f);
+	if (!pd_ct_live(o.state) || o.gen != gen) {
+		if (ct_alias_kill(c, (uint32_t)pos))
+			ct_evq_push(c, (uint32_t)pos | CT_NODEC);
+		return -ESTALE;
+	}
 	return 0;
 }
 
@@ -750,10 +1118,12 @@ static int ct_dq_create(struct pd_ct *c, struct rte_rcu_qsbr *qs)
 	return 0;
 }
 
-/* Hand slot `pos` (key already deleted) to the grace period. */
+/* Hand slot element `pos` (key already deleted; CT_NODEC: not counted in
+ * `used`) to the grace period. */
 static void ct_defer(struct pd_pipeline *p, struct pd_ct *c, uint32_t pos)
 {
-	__atomic_store_n(&c->pending, c->pending + 1, __ATOMIC_RELAXED);
+	if (!(pos & CT_NODEC))
+		__atomic_store_n(&c->pending, c->pending + 1, __ATOMIC_RELAXED);
 	if (!c->dq) {
 		/* not built: no worker ever ran, nobody can hold the slot */
 		ct_slot_free(c, &pos, 1);
@@ -768,13 +1138,29 @@ static void ct_defer(struct pd_pipeline *p, struct pd_ct *c, uint32_t pos)
 
 static void ct_reclaim(struct pd_ct *c)
 {
-	if (c->dq && c->pending)
+	if (c->dq)
 		rte_rcu_qsbr_dq_reclaim(c->dq, UINT32_MAX, NULL, NULL, NULL);
 }
 
-static void ct_rec_fill(const struct pd_flow *f, uint32_t i,
-			union pd_flow_word v, uint64_t now, uint64_t hz,
-			struct pd_flow_rec *r);
+static void ct_rec_fill(const struct pd_ct *c, const struct pd_flow *f,
+			uint32_t i, union pd_flow_word v, uint64_t now,
+			uint64_t hz, struct pd_flow_rec *r);
+
+/* Slots the workers took out (evicted flows, orphaned aliases) go to the
+ * grace period like expired ones. Returns how many. */
+static unsigned ct_drain_evq(struct pd_pipeline *p, struct pd_ct *c)
+{
+	uint32_t e[64];
+	unsigned n, i, total = 0;
+
+	while ((n = rte_ring_sc_dequeue_burst_elem(c->evq, e, sizeof(e[0]),
+						   RTE_DIM(e), NULL)) > 0) {
+		for (i = 0; i < n; i++)
+			ct_defer(p, c, e[i]);
+		total += n;
+	}
+	return total;
+}
 
 int pd_conntrack_expire(struct pd_pipeline *p, int stage, unsigned max_scan)
 {
@@ -789,7 +1175,7 @@ int pd_conntrack_expire_log(struct pd_pipeline *p, int stage, unsigned max_scan,
 	uint64_t hz = rte_get_tsc_hz();
 	unsigned n_rec = 0;
 	uint64_t now;
-	unsigned k, n;
+	unsigned k, n, drained;
 	int rc, expired = 0;
 
 	if (!c)
@@ -800,15 +1186,15 @@ int pd_conntrack_expire_log(struct pd_pipeline *p, int stage, unsigned max_scan,
 	if (!c->dq && p->qs && (rc = ct_dq_create(c, p->qs)) < 0)
 		goto out;
 	ct_reclaim(c);
+	drained = ct_drain_evq(p, c);
 	now = rte_rdtsc();
 	n = (max_scan == 0 || max_scan > c->n_slots) ? c->n_slots : max_scan;
 	for (k = 0; k < n; k++) {
 		uint32_t i = c->cursor;
 		struct pd_flow *f = &c->flows[i];
-		union pd_flow_word v, d;
-		struct ct_key key;
+		union pd_flow_word v;
+		uint32_t alias_pos;
 		uint64_t last;
-		int32_t ret;
 
 		if (++c->cursor == c->n_slots)
 			c->cursor = 0;
@@ -819,24 +1205,17 @@ int pd_conntrack_expire_log(struct pd_pipeline *p, int stage, unsigned max_scan,
 		if (now < last || now - last <
 		    c->timeout_tsc[ct_timeout_idx(f->proto, v.state)])
 			continue;
-		d = v;
-		d.state = PD_CT_DEAD;    /* workers can no longer change it */
-		if (!__atomic_compare_exchange_n(&f->w.u64, &v.u64, d.u64, false,
-						 __ATOMIC_ACQ_REL,
-						 __ATOMIC_ACQUIRE))
-			continue;        /* it just moved: look again next time */
-		ct_key_from_flow(f, &key);
-		ret = rte_hash_del_key(c->h, &key);
-		if (ret != (int32_t)i) {
-			/* the key is not at this slot: never free a slot we
-			 * cannot account for; it stays DEAD (lost, logged) */
-			RTE_LOG(ERR, USER1, "conntrack: flow %u: delete "
-				"returned %d\n", i, ret);
+		/* -EAGAIN: it just moved, look again next time; -EIO: the
+		 * key is not at this slot: never free a slot we cannot
+		 * account for, it stays DEAD (lost, logged) */
+		rc = ct_kill(c, i, v, &alias_pos);
+		if (alias_pos != UINT32_MAX)
+			ct_defer(p, c, alias_pos | CT_NODEC);
+		if (rc < 0)
 			continue;
-		}
 		/* the flow log's end record: the flow as it was deleted */
 		if (out && n_rec < max)
-			ct_rec_fill(f, i, v, now, hz, &out[n_rec++]);
+			ct_rec_fill(c, f, i, v, now, hz, &out[n_rec++]);
 		ct_defer(p, c, i);
 		expired++;
 		if (out && n_rec >= max)
@@ -845,7 +1224,7 @@ int pd_conntrack_expire_log(struct pd_pipeline *p, int stage, unsigned max_scan,
 	/* One grace period, as pd_rcu_swap waits: when this returns, every
 	 * slot freed here can take a new flow. Only this thread waits (about
 	 * one worker loop; nothing if the workers are stopped). */
-	if (c->pending && p->qs) {
+	if ((c->pending || drained) && p->qs) {
 		rte_rcu_qsbr_synchronize(p->qs, RTE_QSBR_THRID_INVALID);
 		ct_reclaim(c);
 	}
@@ -857,22 +1236,57 @@ out:
 	return rc;
 }
 
-static void ct_rec_fill(const struct pd_flow *f, uint32_t i,
-			union pd_flow_word v, uint64_t now, uint64_t hz,
+/* The three states the first flow table showed (pd_flow_rec.state). */
+static uint8_t ct_coarse_state(uint8_t st)
+{
+	switch (st) {
+	case PD_CT_SYN_RECV:
+		return PD_CT_ESTABLISHED;
+	case PD_CT_FIN_WAIT:
+	case PD_CT_TIME_WAIT:
+		return PD_CT_CLOSING;
+	default:
+		return st;
+	}
+}
+
+/* The translated tuple, towards the backend: the alias's, reversed. */
+static void ct_dump_nat(const struct pd_ct *c, const struct pd_flow *f,
 			struct pd_flow_rec *r)
+{
+	uint32_t a = __atomic_load_n(&f->alias, __ATOMIC_ACQUIRE);
+	const struct pd_flow *e;
+	union pd_flow_word v;
+
+	memset(r->nat_src, 0, 16);
+	memset(r->nat_dst, 0, 16);
+	r->nat_sport = r->nat_dport = 0;
+	if (!a || a > c->n_slots)
+		return;
+	e = &c->flows[a - 1];
+	v = ct_word(e);
+	if (v.state != PD_CT_ALIAS || (v.flags & PD_FLOW_BUSY))
+		return;
+	memcpy(r->nat_src, e->dst, 16);
+	memcpy(r->nat_dst, e->src, 16);
+	r->nat_sport = rte_be_to_cpu_16(e->dport);
+	r->nat_dport = rte_be_to_cpu_16(e->sport);
+}
+
+/* One flow as a pd_flow_rec, with the state word `v` read before. */
+static void ct_rec_fill(const struct pd_ct *c, const struct pd_flow *f,
+			uint32_t i, union pd_flow_word v, uint64_t now,
+			uint64_t hz, struct pd_flow_rec *r)
 {
 	uint64_t first = f->first_tsc;
 	uint64_t last = __atomic_load_n(&f->last_tsc, __ATOMIC_RELAXED);
 
 	r->family = f->family;
 	r->proto = f->proto;
-	r->state = v.state;
-	r->pad = 0;
 	r->sport = rte_be_to_cpu_16(f->sport);
 	r->dport = rte_be_to_cpu_16(f->dport);
 	memcpy(r->src, f->src, 16);
 	memcpy(r->dst, f->dst, 16);
-	r->tag = v.tag;
 	r->index = i;
 	r->packets_orig = __atomic_load_n(&f->packets[0], __ATOMIC_RELAXED);
 	r->packets_reply = __atomic_load_n(&f->packets[1], __ATOMIC_RELAXED);
@@ -880,6 +1294,11 @@ static void ct_rec_fill(const struct pd_flow *f, uint32_t i,
 	r->bytes_reply = __atomic_load_n(&f->bytes[1], __ATOMIC_RELAXED);
 	r->age_ms = now > first ? ct_tsc_to_ms(now - first, hz) : 0;
 	r->idle_ms = now > last ? ct_tsc_to_ms(now - last, hz) : 0;
+	r->lb = __atomic_load_n(&f->lb, __ATOMIC_ACQUIRE);
+	ct_dump_nat(c, f, r);
+	r->tcp_state = v.state;
+	r->state = ct_coarse_state(v.state);
+	r->tag = v.tag;
 }
 
 int pd_conntrack_dump(struct pd_pipeline *p, int stage, struct pd_flow_rec *out,
@@ -899,26 +1318,10 @@ int pd_conntrack_dump(struct pd_pipeline *p, int stage, struct pd_flow_rec *out,
 		const struct pd_flow *f = &c->flows[i];
 		struct pd_flow_rec *r = &out[k];
 		union pd_flow_word v = ct_word(f), v2;
-		uint64_t first, last;
 
 		if (!pd_ct_live(v.state) || (v.flags & PD_FLOW_BUSY))
 			continue;
-		first = f->first_tsc;
-		last = __atomic_load_n(&f->last_tsc, __ATOMIC_RELAXED);
-		r->family = f->family;
-		r->proto = f->proto;
-		r->pad = 0;
-		r->sport = rte_be_to_cpu_16(f->sport);
-		r->dport = rte_be_to_cpu_16(f->dport);
-		memcpy(r->src, f->src, 16);
-		memcpy(r->dst, f->dst, 16);
-		r->index = i;
-		r->packets_orig = __atomic_load_n(&f->packets[0], __ATOMIC_RELAXED);
-		r->packets_reply = __atomic_load_n(&f->packets[1], __ATOMIC_RELAXED);
-		r->bytes_orig = __atomic_load_n(&f->bytes[0], __ATOMIC_RELAXED);
-		r->bytes_reply = __atomic_load_n(&f->bytes[1], __ATOMIC_RELAXED);
-		r->age_ms = now > first ? ct_tsc_to_ms(now - first, hz) : 0;
-		r->idle_ms = now > last ? ct_tsc_to_ms(now - last, hz) : 0;
+		ct_rec_fill(c, f, i, v, now, hz, r);
 		/* seqlock-style: keep the record only if the slot still holds
 		 * the same flow after the copy */
 		__atomic_thread_fence(__ATOMIC_ACQUIRE);
@@ -926,7 +1329,8 @@ int pd_conntrack_dump(struct pd_pipeline *p, int stage, struct pd_flow_rec *out,
 		if (v2.gen != v.gen || !pd_ct_live(v2.state) ||
 		    (v2.flags & PD_FLOW_BUSY))
 			continue;
-		r->state = v2.state;
+		r->tcp_state = v2.state;
+		r->state = ct_coarse_state(v2.state);
 		r->tag = v2.tag;
 		k++;
 	}

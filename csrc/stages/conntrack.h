@@ -13,8 +13,15 @@
  * creates flows with pd_conntrack_confirm().
  *
  * Other stages (policy, load balancer, NAT) read the flow of a packet with
- * pd_conntrack_flow() and keep their per-flow state in the tag, or in new
- * fields of the cold half of struct pd_flow.
+ * pd_conntrack_flow() and keep their per-flow state in the tag (policy: the
+ * rule id) or in fields of struct pd_flow (lb: the backend id, the SNAT
+ * port, and a second key - the translated reply tuple - in the same hash,
+ * an alias entry that leads to the flow: pd_conntrack_alias()).
+ *
+ * TCP flows follow a state machine (SYN_SENT as PD_CT_NEW, SYN_RECV,
+ * ESTABLISHED, FIN_WAIT, TIME_WAIT, CLOSE as PD_CT_CLOSING), each state
+ * with its timeout. A full table drops new flows ("table-full") or, with
+ * evict, takes out the least recently used of a sample (see ct_evict).
  */
 #ifndef PD_STAGE_CONNTRACK_H
 #define PD_STAGE_CONNTRACK_H
@@ -25,19 +32,22 @@
 struct rte_hash;
 struct rte_rcu_qsbr_dq;
 
-/* Slot states besides the public PD_CT_NEW/ESTABLISHED/CLOSING (pd_api.h).
- * A later TCP state machine adds its states below PD_CT_DEAD. */
+/* Slot states besides the public ones of pd_api.h (PD_CT_NEW ...
+ * PD_CT_TIME_WAIT: the flow states of the TCP state machine). */
 #define PD_CT_FREE 0          /* slot not in use */
+#define PD_CT_ALIAS 0xfe      /* a flow's reply-tuple entry (NAT): tag = flow index */
 #define PD_CT_DEAD 0xff       /* expired, key deleted, slot in its grace period */
 
 static inline bool pd_ct_live(uint8_t state)
 {
-	return state != PD_CT_FREE && state != PD_CT_DEAD;
+	return state != PD_CT_FREE && state < PD_CT_ALIAS;
 }
 
 /* pd_flow_word.flags */
 #define PD_FLOW_ORIG_HI 0x01  /* the original source is the key's higher end */
 #define PD_FLOW_BUSY 0x02     /* just created: the cold half is being written */
+#define PD_FLOW_FIN_ORIG 0x04 /* TCP: a FIN went in the original direction */
+#define PD_FLOW_FIN_REPLY 0x08 /* TCP: a FIN went in the reply direction */
 
 /*
  * State, flags, generation and tag share one 64-bit word and change only
@@ -67,8 +77,14 @@ struct pd_flow {
 	uint64_t last_tsc;             /* last packet, either direction */
 	uint64_t packets[2];           /* [0] original direction, [1] reply */
 	uint64_t bytes[2];             /* frame bytes */
-	uint64_t pad0[2];
-	/* cold: set by the creator while PD_FLOW_BUSY is set */
+	uint32_t lb;                   /* load balancer: backend id + 1, 0 none */
+	uint32_t alias;                /* reply-tuple entry index + 1, 0 none */
+	uint16_t snat_port;            /* lb SNAT: source port towards the backend */
+	uint16_t pad1;
+	uint32_t pad2;
+	/* cold: set by the creator while PD_FLOW_BUSY is set. In an alias
+	 * entry (PD_CT_ALIAS) the tuple is the reply tuple, i.e. the translated
+	 * one: src = the backend, dst = the client (or the SNAT address). */
 	uint64_t first_tsc;
 	uint8_t family;                /* 4 or 6 */
 	uint8_t proto;
@@ -88,7 +104,15 @@ struct pd_ct {
 	uint32_t capacity;             /* live flows allowed */
 	struct rte_hash *h;
 	bool confirm;                  /* lookup only; pd_conntrack_confirm creates */
-	uint64_t timeout_tsc[PD_CT_N_TIMEOUTS];
+	bool evict;                    /* full: evict the least recently used flow */
+	uint64_t timeout_tsc[PD_CT_N_TIMEOUTS_ALL];
+	/* called when a flow leaves the table (expired: control thread;
+	 * evicted: the worker), before its slot is reused: the lb stage
+	 * keeps its live connection counts with it */
+	void (*release)(void *arg, const struct pd_flow *f);
+	void *release_arg;
+	struct rte_ring *evq;          /* evicted slots for the control thread (MP/SC) */
+	uint32_t evict_cursor;         /* where the next eviction sample starts */
 	/* flows holding a slot (live, being created, or in their grace
 	 * period): its own cache line, written when a flow comes or goes */
 	uint32_t used __rte_cache_aligned;
@@ -96,7 +120,7 @@ struct pd_ct {
 	pthread_mutex_t ctl __rte_cache_aligned;
 	struct rte_rcu_qsbr_dq *dq;    /* deleted slots waiting for their grace period */
 	uint32_t cursor;               /* where the next expiry scan starts */
-	uint32_t pending;              /* slots in dq */
+	uint32_t pending;              /* counted slots in dq (they hold `used`) */
 };
 
 /* The flow of a packet the conntrack stage `ct` has seen, NULL if none. */
@@ -149,5 +173,21 @@ struct pd_stage *pd_conntrack_find(struct pd_pipeline *p, int stage);
  * flow index with aux set, or -ENOENT. */
 int pd_conntrack_recheck(struct pd_stage *ct, struct pd_worker *w,
 			 struct rte_mbuf *m);
+
+/*
+ * NAT (the lb stage): give flow `flow` (generation `gen`) its reply-tuple
+ * entry, so that replies with the translated tuple (src = rsrc:rsport, dst
+ * = rdst:rdport, network order, addresses 16 bytes) find the flow, marked
+ * PD_META_REPLY | PD_META_NAT. Fast path. Returns 0, -EEXIST if that tuple
+ * belongs to another flow (the caller picks another SNAT port), -ENOSPC if
+ * the table is full, -ESTALE if the flow is gone.
+ */
+int pd_conntrack_alias(struct pd_stage *ct, struct pd_worker *w, uint32_t flow,
+		       uint16_t gen, const uint8_t *rsrc, const uint8_t *rdst,
+		       uint16_t rsport, uint16_t rdport);
+/* Control path: the function conntrack calls when a flow leaves the table. */
+void pd_conntrack_set_release(struct pd_stage *ct,
+			      void (*fn)(void *arg, const struct pd_flow *f),
+			      void *arg);
 
 #endif
