@@ -588,5 +588,9 @@ def testbed_down(name: str) -> None:
     click.echo(f"testbed {name}: down")
 
 
+from .cli_tunnel import tunnel as _tunnel  # noqa: E402 - pydp tunnel ... (pydp/cli_tunnel.py)
+
+main.add_command(_tunnel)
+
 if __name__ == "__main__":  # pragma: no cover
     main()
