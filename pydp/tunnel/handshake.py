@@ -282,14 +282,14 @@ class Initiator:
         raw, body = _body(msg)
         if body.get("sid_i") != self.sid.hex():
             raise PeerRefused("resp for another session")
-        if body.get("h1") != _b64(_h(self.m1)):
-            raise PeerRefused(f"bad signature from {self.peer}: transcript tampered "
-                              "(init hash differs)")
+        cert_der = _unb64(body.get("cert"), "cert")
+        node = self.trust.verify(cert_der, expect=self.peer)
         if body.get("from") != self.peer or body.get("to") != self.me.node:
             raise PeerRefused(f"resp names {body.get('from')!r}->{body.get('to')!r}, expected "
                               f"{self.peer}->{self.me.node}")
-        cert_der = _unb64(body.get("cert"), "cert")
-        node = self.trust.verify(cert_der, expect=self.peer)
+        if body.get("h1") != _b64(_h(self.m1)):
+            raise PeerRefused(f"bad signature from {self.peer}: transcript tampered "
+                              "(init hash differs)")
         cert = x509.load_der_x509_certificate(cert_der)
         _verify_sig(cert, _unb64(msg.get("sig"), "sig", 64),
                     b"pydp-tunnel/1 resp" + _h(self.m1) + _h(raw), node)

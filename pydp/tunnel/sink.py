@@ -17,6 +17,7 @@ sink expects.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,7 +60,7 @@ class MemorySink:
         self.counters: dict[int, list[int]] = {}
         self.events: dict[str, list[dict]] = {}
         self.removed: list[TunnelSA] = []
-        self.log: list[tuple[str, str, int]] = []
+        self.log: list[tuple[str, str, int, float]] = []  # (what, direction, spi, time)
         self._lock = threading.Lock()
 
     def sa_add(self, stage: str, sa: TunnelSA) -> None:
@@ -71,7 +72,7 @@ class MemorySink:
                 raise AlreadyExists(f"stage {stage}: SPI {sa.spi:#x} is installed")
             tab[sa.spi] = sa
             self.counters[sa.spi] = [0, 0]
-            self.log.append(("add", sa.direction, sa.spi))
+            self.log.append(("add", sa.direction, sa.spi, time.monotonic()))
 
     def sa_remove(self, stage: str, spi: int) -> None:
         """Remove and wipe the key (as the data path wipes its copy)."""
@@ -82,7 +83,7 @@ class MemorySink:
                 raise NotFound(f"stage {stage}: no SA with SPI {spi:#x}")
             sa.key.wipe()
             self.removed.append(sa)
-            self.log.append(("remove", sa.direction, spi))
+            self.log.append(("remove", sa.direction, spi, time.monotonic()))
 
     def sa_list(self, stage: str) -> list[dict[str, Any]]:
         """The installed SAs with counters and lifetimes, never keys."""
