@@ -233,7 +233,7 @@ class MeshCA:
         """
         check_node_id(node)
         if days <= 0:
-            raise ConfigError(f"--days {days}: must be positive", key="days")
+            raise ConfigError(f"--days {days:g}: must be positive", key="days")
         out = Path(out_dir) if out_dir is not None else self.dir / "nodes"
         out.mkdir(parents=True, exist_ok=True)
         key = ed25519.Ed25519PrivateKey.generate()
