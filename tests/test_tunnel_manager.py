@@ -136,11 +136,11 @@ def test_rekey_by_packets_overlaps_and_wipes_old_keys(pki):
 def test_rekey_on_sequence_exhaustion_event(pair):
     pair.up()
     (i2,) = pair.s2.spis(DEC)
-    pair.s2.event(DEC, i2, "seq-exhaustion")  # n2's inbound SA from n1 nears 2^32
+    pair.s2.event(DEC, i2, "seq-nearing-exhaustion")  # n2's inbound SA from n1 nears 2^32
     wait(lambda: pair.m2.tunnels["n1"].rekeys == 1, what="rekey")
     wait(lambda: pair.gens() == (1, 1), what="old generation retired")
     assert i2 not in pair.s2.spis(DEC)
-    assert "data path: seq-exhaustion" in " ".join(pair.m2.show()["events"])
+    assert "data path: seq-nearing-exhaustion" in " ".join(pair.m2.show()["events"])
     check_overlap(pair.s1, pair.s2, 0.3)
     check_overlap(pair.s2, pair.s1, 0.3)
 

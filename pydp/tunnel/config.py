@@ -153,6 +153,12 @@ class TunnelConfig:
             peers.append(PeerConfig(p["node"], endpoint(p["endpoint"], "endpoint", p),
                                     addr(p["address"], "address", p),
                                     nets(p["subnets"], "subnets", p)))
+        mine = nets(d.get("subnets"), "subnets", d)
+        fams = {ipaddress.ip_network(n).version for n in mine + [x for p in peers
+                                                                 for x in p.subnets]}
+        if len(fams) > 1:
+            raise err("IPv4 and IPv6 subnets mixed: a tunnel carries one inner family "
+                      "(one SA pair per peer)", "subnets")
         ciphers = d.get("ciphers", list(CIPHERS))
         if not isinstance(ciphers, list) or not ciphers or \
                 any(c not in CIPHERS for c in ciphers):
@@ -199,7 +205,7 @@ class TunnelConfig:
                    crl=path("crl") if d.get("crl") else None,
                    listen=endpoint(d["listen"], "listen", d),
                    address=addr(d["address"], "address", d),
-                   subnets=nets(d.get("subnets"), "subnets", d),
+                   subnets=mine,
                    peers=peers, node=node, deny=[str(x) for x in deny], ciphers=list(ciphers),
                    lifetime=Lifetime.from_hard(vals["seconds"], int(vals["bytes"]),
                                                int(vals["packets"]), float(soft)),

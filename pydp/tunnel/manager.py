@@ -62,6 +62,9 @@ MAX_TRIES = 8        # then the attempt fails and is retried with backoff
 BACKOFF_MAX = 10.0
 RECHECK = 2.0        # seconds between re-verifications of peer certificates
 RESP_KEEP = 30.0     # how long a finished responder answers retransmitted fins
+#: data-path events (``sa_events``) that end an SA; any other (soft-expired,
+#: seq-nearing-exhaustion) starts a rekey
+HARD_EVENTS = ("hard-expired", "seq-exhausted")
 
 
 def rekey_due(role: str, age: float, packets: int, nbytes: int, life: hs.Lifetime) -> str | None:
@@ -81,6 +84,18 @@ def rekey_due(role: str, age: float, packets: int, nbytes: int, life: hs.Lifetim
         if limit and value >= limit:
             return why
     return None
+
+
+def data_path_lifetime(role: str, life: hs.Lifetime) -> hs.Lifetime:
+    """The lifetime the data path enforces: hard as agreed, soft where this side rekeys.
+
+    So the data path's soft-expired events agree with :func:`rekey_due`.
+    """
+    def at(soft: float, hard: float) -> float:
+        return soft if role == "initiator" or not soft or not hard else soft + (hard - soft) / 2
+    return hs.Lifetime(at(life.soft_seconds, life.hard_seconds), life.hard_seconds,
+                       int(at(life.soft_bytes, life.hard_bytes)), life.hard_bytes,
+                       int(at(life.soft_packets, life.hard_packets)), life.hard_packets)
 
 
 def hard_expired(age: float, packets: int, nbytes: int, life: hs.Lifetime) -> str | None:
@@ -465,16 +480,17 @@ class TunnelManager:
 
     def _install(self, t: Tunnel, g: Generation, direction: str) -> None:
         k = g.keys
+        life = data_path_lifetime(k.role, k.lifetime)
         if direction == "in":
             sa = TunnelSA(k.spi_in, "in", k.cipher, k.key_in, t.peer.address, self.cfg.address,
-                          self._selectors(t.peer.subnets, self.cfg.subnets), k.lifetime,
+                          self._selectors(t.peer.subnets, self.cfg.subnets), life,
                           self.cfg.replay_window, self.cfg.esn)
             self.sink.sa_add(self.dec, make_sa(self.sink, sa))
             g.in_installed = True
         else:
             sa = TunnelSA(k.spi_out, "out", k.cipher, k.key_out, self.cfg.address,
                           t.peer.address, self._selectors(self.cfg.subnets, t.peer.subnets),
-                          k.lifetime, self.cfg.replay_window, self.cfg.esn)
+                          life, self.cfg.replay_window, self.cfg.esn)
             self.sink.sa_add(self.enc, make_sa(self.sink, sa))
             g.out_installed = True
 
@@ -638,7 +654,7 @@ class TunnelManager:
                 age = now - g.born
                 ev = events.get(k.spi_out) or events.get(k.spi_in)
                 hard = hard_expired(age, pk, by, k.lifetime) or (
-                    ev if ev and "hard" in ev else None)
+                    ev if ev in HARD_EVENTS else None)
                 if hard:
                     self._note(f"SA pair {k.spi_out:#x}/{k.spi_in:#x} with {t.peer.node} "
                                f"reached its hard {hard} lifetime")

@@ -42,9 +42,21 @@ class TunnelSA:
 
 
 def make_sa(sink: Any, sa: TunnelSA) -> Any:
-    """The object ``sink.sa_add`` takes: a :class:`TunnelSA`, or ``pydp.esp.SA`` for a dataplane."""
-    conv = getattr(sink, "tunnel_sa", None)
-    return conv(sa) if conv else sa
+    """The object ``sink.sa_add`` takes: the TunnelSA itself for a :class:`MemorySink`,
+    a :class:`pydp.esp.SA` for a :class:`pydp.Dataplane`.
+
+    The esp SA gets the key from the live buffer; ``Dataplane.sa_remove`` wipes
+    the SA's copy and the C copy, the manager wipes this one.
+    """
+    if isinstance(sink, MemorySink):
+        return sa
+    from .. import esp
+    lt = sa.lifetime
+    life = esp.Lifetime(**{k: (v or None) for k, v in lt.to_dict().items()})
+    return esp.SA(spi=sa.spi, direction=sa.direction, cipher=sa.cipher, key=sa.key.buffer(),
+                  tunnel_src=sa.tunnel_src, tunnel_dst=sa.tunnel_dst,
+                  selectors=[dict(x) for x in sa.selectors], replay_window=sa.replay_window,
+                  esn=sa.esn, lifetime=life)
 
 
 class MemorySink:
