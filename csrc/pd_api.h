@@ -257,4 +257,92 @@ int pd_conntrack_dump(struct pd_pipeline *p, int stage, struct pd_flow_rec *out,
 /* Live flows in the table. */
 int pd_conntrack_count(struct pd_pipeline *p, int stage);
 
+/* ---- esp ---- */
+/* IPsec ESP tunnel mode (RFC 4303) on rte_ipsec + rte_cryptodev, see
+ * csrc/stages/esp_sa.h. Keys never leave C except into the crypto session;
+ * nothing here reads a key back. */
+#define PD_ESP_AES_GCM_128 0
+#define PD_ESP_AES_GCM_256 1
+#define PD_ESP_CHACHA20_POLY1305 2
+#define PD_ESP_DIR_OUT 0
+#define PD_ESP_DIR_IN 1
+#define PD_ESP_KEY_MAX 36
+#define PD_ESP_MAX_SEL 64
+#define PD_ESP_MAX_WINDOW 4096
+#define PD_ESP_MAX_SA 1024
+/* crypto device choice of a stage (pd_esp_config) */
+#define PD_ESP_DEV_AUTO 0
+#define PD_ESP_DEV_AESNI_GCM 1
+#define PD_ESP_DEV_AESNI_MB 2
+#define PD_ESP_DEV_CHACHA 3
+#define PD_ESP_DEV_OPENSSL 4
+/* state flags of pd_esp_sa_info.flags: lifetime limits crossed */
+#define PD_ESP_F_SOFT_TIME 1
+#define PD_ESP_F_SOFT_BYTES 2
+#define PD_ESP_F_SOFT_PACKETS 4
+#define PD_ESP_F_HARD_TIME 8
+#define PD_ESP_F_HARD_BYTES 16
+#define PD_ESP_F_HARD_PACKETS 32
+#define PD_ESP_F_SEQ_NEAR 64      /* outbound: sequence number nearing exhaustion */
+#define PD_ESP_F_SEQ_EXHAUSTED 128 /* outbound: no sequence number left */
+#define PD_ESP_N_SA_DROPS 8
+struct pd_esp_sel {
+	uint8_t family;       /* 4 or 6 */
+	uint8_t proto;        /* 0 = any */
+	uint8_t src_depth;
+	uint8_t dst_depth;
+	uint8_t src[16];      /* network byte order */
+	uint8_t dst[16];
+	uint16_t sport_lo, sport_hi, dport_lo, dport_hi;
+};
+struct pd_esp_sa_conf {
+	uint32_t spi;
+	uint8_t dir;          /* PD_ESP_DIR_OUT / PD_ESP_DIR_IN */
+	uint8_t cipher;       /* PD_ESP_AES_GCM_128 ... */
+	uint8_t key_len;      /* cipher key + 4-byte salt: 20 or 36 */
+	uint8_t outer_family; /* 4 or 6 */
+	uint8_t key[36];      /* the caller wipes its copy after the call */
+	uint8_t tun_src[16];  /* outer addresses as on the wire for this direction */
+	uint8_t tun_dst[16];
+	uint32_t replay_window;   /* inbound, 0..PD_ESP_MAX_WINDOW */
+	uint32_t esn;             /* 1: 64-bit extended sequence numbers */
+	uint64_t initial_seq;     /* out: first sequence number sent (0 = 1); in: window top */
+	uint64_t seq_margin;      /* PD_ESP_F_SEQ_NEAR when fewer are left; 0: default */
+	uint64_t soft_bytes, hard_bytes, soft_packets, hard_packets;  /* 0 = none */
+	uint64_t soft_ms, hard_ms;                                    /* 0 = none */
+	uint8_t ttl;              /* outer TTL / hop limit, 0 = 64 */
+};
+struct pd_esp_sa_info {
+	uint32_t spi;
+	uint8_t dir;
+	uint8_t cipher;
+	uint8_t outer_family;
+	uint8_t inner_family;
+	uint8_t tun_src[16];
+	uint8_t tun_dst[16];
+	uint32_t replay_window;
+	uint32_t esn;
+	uint32_t flags;           /* PD_ESP_F_* */
+	uint32_t n_sel;
+	uint64_t packets;
+	uint64_t bytes;           /* inner IP bytes */
+	uint64_t seq;             /* out: last sequence number sent; in: highest authenticated */
+	uint64_t age_ms;
+	uint64_t drops[8];        /* PD_ESP_N_SA_DROPS, names: pd_esp_sa_drop_name */
+	char crypto_dev[32];      /* the cryptodev the session lives on */
+	char mode[16];            /* "cpu-crypto" or "lookaside" */
+};
+/* Stage options (before or after build): crypto device choice. */
+int pd_esp_config(struct pd_pipeline *p, int stage, int dev);
+/* Add an SA (esp_encrypt: outbound, esp_decrypt: inbound) with its
+ * selectors; published with RCU. -EEXIST if the SPI is in use in the stage. */
+int pd_esp_sa_add(struct pd_pipeline *p, int stage, const struct pd_esp_sa_conf *c,
+		  const struct pd_esp_sel *sels, unsigned n_sel);
+/* Remove an SA: unpublish (RCU grace period), then wipe and free it. */
+int pd_esp_sa_remove(struct pd_pipeline *p, int stage, uint32_t spi);
+/* Copy up to max SAs (newest first); returns how many the stage has. */
+int pd_esp_sa_list(struct pd_pipeline *p, int stage, struct pd_esp_sa_info *out,
+		   unsigned max);
+const char *pd_esp_sa_drop_name(unsigned i);
+
 #endif /* PD_API_H */

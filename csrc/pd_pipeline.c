@@ -28,7 +28,9 @@
 static const struct pd_stage_ops *const stage_types[] = {
 	&pd_stage_parse, &pd_stage_forward, &pd_stage_l3route,
 	&pd_stage_count, &pd_stage_mirror, &pd_stage_drop,
-	&pd_stage_policy, &pd_stage_conntrack, NULL,
+	&pd_stage_policy, &pd_stage_conntrack,
+	&pd_stage_esp_encrypt, &pd_stage_esp_decrypt,
+	NULL,
 };
 
 static const struct pd_stage_ops *stage_type(const char *type)

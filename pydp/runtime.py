@@ -228,6 +228,27 @@ class Dataplane:
         new.configure(self._cp, self.stage_index[stage], self.port_index)
         st.nexthops, st.routes = new.nexthops, new.routes
 
+    # -- ESP security associations (pydp.esp) --------------------------------------------
+    def sa_add(self, stage: str, sa: Any) -> None:
+        """Add an :class:`pydp.esp.SA` to ESP stage ``stage`` (see :func:`pydp.esp.sa_add`)."""
+        from . import esp
+        esp.sa_add(self, stage, sa)
+
+    def sa_remove(self, stage: str, spi: int) -> None:
+        """Remove and wipe an SA (see :func:`pydp.esp.sa_remove`)."""
+        from . import esp
+        esp.sa_remove(self, stage, spi)
+
+    def sa_list(self, stage: str) -> list[dict[str, Any]]:
+        """The SAs of ESP stage ``stage`` with counters, never keys (:func:`pydp.esp.sa_list`)."""
+        from . import esp
+        return esp.sa_list(self, stage)
+
+    def sa_events(self, stage: str) -> list[dict[str, Any]]:
+        """New lifetime/rekey events of ``stage``'s SAs (:func:`pydp.esp.sa_events`)."""
+        from . import esp
+        return esp.sa_events(self, stage)
+
     # -- observing ------------------------------------------------------------------------
     def set_stage_cycles(self, on: bool) -> bool:
         """Count TSC cycles per stage (``stage/<s>/cycles``) from the next burst on.

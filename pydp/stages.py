@@ -549,3 +549,99 @@ def stage_from_dict(d: dict[str, Any]) -> Stage:
         raise ConfigError(f"unknown stage type '{t}' (known: {', '.join(STAGE_TYPES)})",
                           key="type")
     return cls.from_dict({k: v for k, v in d.items() if k != "type"})
+
+
+# -- ESP (IPsec tunnel mode): see pydp/esp.py and csrc/stages/esp_sa.h ------------------
+@dataclass
+class _Esp(Stage):
+    """Shared fields of the two ESP stages: static SAs and the crypto device."""
+
+    NEEDS_PARSE: ClassVar[bool] = True
+    DIRECTION: ClassVar[str] = ""
+    next: str | None = None
+    sas: list = field(default_factory=list)
+    crypto: str = "auto"
+
+    def __post_init__(self) -> None:
+        from .esp import SA
+        if not isinstance(self.sas, list):
+            raise ConfigError(f"stage '{self.name}': sas must be a list", key="sas",
+                              path=("sas",))
+        out = []
+        for i, s in enumerate(self.sas):
+            if isinstance(s, SA):
+                out.append(s)
+                continue
+            if not isinstance(s, dict):
+                raise ConfigError(f"stage '{self.name}': sas[{i}] must be a mapping",
+                                  key="sas", path=("sas", i))
+            try:
+                out.append(SA.from_dict(dict(s)))
+            except ConfigError as e:
+                raise ConfigError(f"stage '{self.name}': sas[{i}]: {e.message}", key=e.key,
+                                  path=("sas", i) + (e.path or ((e.key,) if e.key else ())))\
+                    from None
+        self.sas = out
+
+    def validate(self, pl: Pipeline) -> None:
+        """Check every SA (naming the field), its direction and unique SPIs."""
+        from .esp import CRYPTO_DEVICES
+        super().validate(pl)
+        if self.crypto not in CRYPTO_DEVICES:
+            raise ConfigError(f"stage '{self.name}': crypto must be one of "
+                              f"{', '.join(CRYPTO_DEVICES)}, not {self.crypto!r}", key="crypto")
+        spis: set[int] = set()
+        for i, sa in enumerate(self.sas):
+            try:
+                sa.validate()
+            except ConfigError as e:
+                raise ConfigError(f"stage '{self.name}': sas[{i}]: {e.message}", key=e.key,
+                                  path=("sas", i) + tuple(e.path)) from None
+            if sa.direction != self.DIRECTION:
+                raise ConfigError(f"stage '{self.name}': sas[{i}]: direction: a {self.TYPE} "
+                                  f"stage takes '{self.DIRECTION}' SAs", key="direction",
+                                  path=("sas", i, "direction"))
+            if sa.spi in spis:
+                raise ConfigError(f"stage '{self.name}': sas[{i}]: spi: {sa.spi:#x} is used "
+                                  "twice", key="spi", path=("sas", i, "spi"))
+            spis.add(sa.spi)
+
+    def configure(self, cp: Any, idx: int, ports: dict[str, int]) -> None:
+        """Choose the crypto device and add the static SAs."""
+        from . import esp
+        esp.configure_stage(cp, idx, self.crypto)
+        for sa in self.sas:
+            esp.push(cp, idx, sa)
+
+
+@dataclass
+class EspEncrypt(_Esp):
+    """ESP tunnel-mode encryption (RFC 4303) on rte_ipsec.
+
+    The SPD picks an outbound SA by the inner packet's selectors (newest SA
+    first); out on ``next`` goes the ESP packet with the SA's outer header
+    (MACs zero: a forward or l3route stage follows). Drops: not-ip, no-sa,
+    sa-expired, seq-exhausted, no-room, crypto-error. SAs: ``sas`` (static
+    keys, for interop and tests) and :meth:`pydp.Dataplane.sa_add`.
+    """
+
+    TYPE: ClassVar[str] = "esp_encrypt"
+    DIRECTION: ClassVar[str] = "out"
+
+
+@dataclass
+class EspDecrypt(_Esp):
+    """ESP tunnel-mode decryption with anti-replay on rte_ipsec.
+
+    The SA is found by SPI (and must match the outer addresses); the inner
+    packet must match the SA's selectors. Out on ``next`` goes the inner
+    packet (MACs zero). Drops: not-esp, unknown-spi, tunnel-mismatch,
+    malformed, replayed, out-of-window, auth-failed, selector-mismatch,
+    inner-malformed, sa-expired, crypto-error.
+    """
+
+    TYPE: ClassVar[str] = "esp_decrypt"
+    DIRECTION: ClassVar[str] = "in"
+
+
+STAGE_TYPES.update({c.TYPE: c for c in (EspEncrypt, EspDecrypt)})

@@ -13,6 +13,8 @@ extern const struct pd_stage_ops pd_stage_mirror;
 extern const struct pd_stage_ops pd_stage_drop;
 extern const struct pd_stage_ops pd_stage_conntrack;
 extern const struct pd_stage_ops pd_stage_policy;
+extern const struct pd_stage_ops pd_stage_esp_encrypt;
+extern const struct pd_stage_ops pd_stage_esp_decrypt;
 
 /* byte-wise big-endian reads: safe on any alignment (UBSan-clean) */
 static inline uint16_t pd_rd16(const uint8_t *p)

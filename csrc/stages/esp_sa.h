@@ -1,0 +1,218 @@
+/* SPDX-License-Identifier: BSD-3-Clause
+ * esp_sa.h - the SA table shared by the esp_encrypt and esp_decrypt stages.
+ *
+ * An SA is one rte_ipsec_sa (DPDK's ESP framing: header, IV, padding,
+ * trailer, ICV, anti-replay window, ESN) plus one rte_cryptodev symmetric
+ * session (the AEAD cipher) on a software crypto PMD, bound together in an
+ * rte_ipsec_session. pydp writes no ESP framing and no crypto of its own.
+ *
+ * Crypto device: RTE_SECURITY_ACTION_TYPE_CPU_CRYPTO on the ipsec_mb PMDs
+ * (crypto_aesni_gcm for AES-GCM, crypto_chacha20_poly1305 for ChaCha20-
+ * Poly1305, crypto_aesni_mb for all three): synchronous, on the worker's own
+ * core, with no queue pair, no crypto op and no mempool get per packet, so
+ * a worker shares nothing with another. crypto_openssl (no CPU crypto) is
+ * the fallback, run lookaside through one queue pair per worker with crypto
+ * ops allocated once when the stage gets its first SA.
+ *
+ * Table: immutable once published (pd_rcu_swap). It lists the stage's SAs
+ * (newest first; inbound also sorted by SPI for a binary search) and, for
+ * outbound, the SPD: every SA's selectors, newest SA first, first match
+ * wins. So an SA added with the same selectors as an older one takes its
+ * traffic at once (one pointer store), while the older one, still in the
+ * table, keeps decrypting until it is removed: a rekey loses no packet.
+ * The SPD is a linear first-match array, not rte_acl: a mesh node has a
+ * few selectors per peer (PD_ESP_MAX_SEL per SA), a masked compare of one
+ * to four words per entry is cheaper than an rte_acl classify call at that
+ * size, and an SA add or remove (a rekey) must not cost an ACL build.
+ *
+ * SA objects live across tables; a remove publishes a table without the
+ * SA, waits for the grace period (inside pd_rcu_swap), then destroys the
+ * session (the PMD clears its key schedule), wipes the SA with
+ * explicit_bzero and frees it.
+ *
+ * Counters of an SA are relaxed atomic adds, once per SA group per burst;
+ * the outbound sequence space is reserved with one CAS per group, so
+ * sequence exhaustion and packet limits are exact.
+ */
+#ifndef PD_STAGE_ESP_SA_H
+#define PD_STAGE_ESP_SA_H
+#include <pthread.h>
+
+#include <rte_ipsec.h>
+
+#include "stages.h"
+
+/* per-SA drop reasons (also stage drop reasons of the same names) */
+enum {
+	ESP_SD_REPLAYED = 0, ESP_SD_WINDOW, ESP_SD_AUTH, ESP_SD_SELECTOR,
+	ESP_SD_MALFORMED, ESP_SD_EXPIRED, ESP_SD_SEQ, ESP_SD_CRYPTO,
+	ESP_SD_N
+};
+
+struct esp_sel {
+	uint8_t family;
+	uint8_t proto;
+	uint16_t sport_lo, sport_hi, dport_lo, dport_hi;
+	uint32_t src[4], smask[4];    /* network order, masked */
+	uint32_t dst[4], dmask[4];
+};
+
+struct esp_sa {
+	struct rte_ipsec_session ss;  /* first: cache aligned */
+	struct rte_ipsec_sa *isa;
+	void *cs;                     /* cryptodev session */
+	uint8_t dev_id;
+	uint8_t cpu;                  /* 1: CPU crypto, 0: lookaside */
+	uint8_t dir, cipher, outer_family, inner_family, esn, ttl;
+	uint32_t spi;
+	uint32_t win;
+	uint32_t iv_len;              /* ESP header + IV in front of the payload */
+	uint8_t tun_src[16], tun_dst[16];
+	uint64_t seq_max;             /* UINT32_MAX or UINT64_MAX */
+	uint64_t seq_margin;
+	uint64_t soft_bytes, hard_bytes, soft_packets, hard_packets;
+	uint64_t t_add, soft_tsc, hard_tsc;   /* TSC; UINT64_MAX: none */
+	const char *dev_name;
+	unsigned n_sel;
+	struct esp_sel sel[PD_ESP_MAX_SEL];
+	/* written by workers (relaxed atomics) */
+	uint64_t seq __rte_cache_aligned;     /* out: next to send; in: highest authenticated */
+	uint64_t packets;
+	uint64_t bytes;
+	uint64_t drops[ESP_SD_N];
+};
+
+struct esp_table {
+	unsigned n_sa;
+	unsigned n_spd;
+	struct esp_sa **sa;           /* newest first */
+	struct esp_sa **by_spi;       /* sorted by SPI */
+	struct esp_spd {
+		struct esp_sel sel;
+		struct esp_sa *sa;
+	} *spd;                       /* outbound: newest SA's selectors first */
+};
+
+struct esp_priv {
+	struct esp_table *tbl;        /* RCU-published */
+	pthread_mutex_t lock;         /* control path only */
+	int dir;                      /* PD_ESP_DIR_OUT for esp_encrypt */
+	int dev_pref;                 /* PD_ESP_DEV_* */
+	/* lookaside (crypto_openssl): one queue pair per worker */
+	int la_dev;                   /* -1 none */
+	uint16_t la_nqp;
+	struct rte_mempool *la_pool;
+	struct rte_crypto_op *la_ops[PD_MAX_WORKERS][2 * PD_BURST];
+};
+
+int esp_stage_init(struct pd_stage *st, int dir);
+void esp_stage_fini(struct pd_stage *st);
+
+/* ---- fast-path helpers -------------------------------------------------- */
+static inline bool esp_sa_expired(const struct esp_sa *sa, uint64_t now)
+{
+	return now >= sa->hard_tsc ||
+		(sa->hard_packets && __atomic_load_n(&sa->packets, __ATOMIC_RELAXED)
+		 >= sa->hard_packets) ||
+		(sa->hard_bytes && __atomic_load_n(&sa->bytes, __ATOMIC_RELAXED)
+		 >= sa->hard_bytes);
+}
+
+static inline void esp_sa_count(struct esp_sa *sa, uint64_t pkts, uint64_t bytes)
+{
+	__atomic_fetch_add(&sa->packets, pkts, __ATOMIC_RELAXED);
+	__atomic_fetch_add(&sa->bytes, bytes, __ATOMIC_RELAXED);
+}
+
+static inline void esp_sa_drop(struct esp_sa *sa, unsigned r, uint64_t n)
+{
+	__atomic_fetch_add(&sa->drops[r], n, __ATOMIC_RELAXED);
+}
+
+/* Does an inner packet (addresses at l3, ports from its L4 header) match
+ * one of n selectors? */
+static inline bool esp_sel_match(const struct esp_sel *s, unsigned n,
+				 uint8_t family, const uint8_t *src,
+				 const uint8_t *dst, uint8_t proto,
+				 uint16_t sport, uint16_t dport)
+{
+	const unsigned nw = family == 4 ? 1 : 4;
+	uint32_t a[4], b[4];
+	unsigned i, k;
+
+	memcpy(a, src, nw * 4);
+	memcpy(b, dst, nw * 4);
+	for (i = 0; i < n; i++, s++) {
+		bool ok = s->family == family && (s->proto == 0 || s->proto == proto) &&
+			sport >= s->sport_lo && sport <= s->sport_hi &&
+			dport >= s->dport_lo && dport <= s->dport_hi;
+
+		for (k = 0; ok && k < nw; k++)
+			ok = (a[k] & s->smask[k]) == s->src[k] &&
+				(b[k] & s->dmask[k]) == s->dst[k];
+		if (ok)
+			return true;
+	}
+	return false;
+}
+
+/* The 5-tuple fields of a parsed packet for selector matching. */
+static inline void esp_pkt_tuple(const uint8_t *d, const struct pd_meta *m,
+				 uint8_t *family, const uint8_t **src,
+				 const uint8_t **dst, uint16_t *sport,
+				 uint16_t *dport)
+{
+	const uint8_t *l3 = d + m->l3_off;
+
+	if (m->l3 == PD_L3_IPV4) {
+		*family = 4;
+		*src = l3 + 12;
+		*dst = l3 + 16;
+	} else {
+		*family = 6;
+		*src = l3 + 8;
+		*dst = l3 + 24;
+	}
+	*sport = *dport = 0;
+	if (m->l4_off && !(m->flags & PD_META_FRAG) &&
+	    (m->l4_proto == IPPROTO_TCP || m->l4_proto == IPPROTO_UDP ||
+	     m->l4_proto == IPPROTO_SCTP)) {
+		*sport = pd_rd16(d + m->l4_off);
+		*dport = pd_rd16(d + m->l4_off + 2);
+	}
+}
+
+/* Prepare + crypto for n packets of one SA; the good ones come first, in
+ * order, and the count is returned (what rte_ipsec_pkt_process takes). */
+uint16_t esp_lookaside(struct esp_priv *pr, struct esp_sa *sa,
+		       struct pd_worker *w, struct rte_mbuf **mb, uint16_t n);
+
+static inline uint16_t esp_crypt(struct esp_priv *pr, struct esp_sa *sa,
+				 struct pd_worker *w, struct rte_mbuf **mb,
+				 uint16_t n)
+{
+	if (likely(sa->cpu))
+		return rte_ipsec_pkt_cpu_prepare(&sa->ss, mb, n);
+	return esp_lookaside(pr, sa, w, mb, n);
+}
+
+/* Group the packets of a burst by SA: idx[i] is an SA's position in the
+ * table or -1 (already handled); calls fn for each SA with its packets in
+ * arrival order. */
+#define ESP_FOR_EACH_GROUP(idx, pkts, n, grp, g, k, BODY) do { \
+	uint16_t _i, _j; \
+	for (_i = 0; _i < (n); _i++) { \
+		if ((idx)[_i] < 0) \
+			continue; \
+		(k) = (idx)[_i]; \
+		(g) = 0; \
+		for (_j = _i; _j < (n); _j++) \
+			if ((idx)[_j] == (k)) { \
+				(grp)[(g)++] = (pkts)[_j]; \
+				(idx)[_j] = -1; \
+			} \
+		BODY; \
+	} \
+} while (0)
+
+#endif
