@@ -14,6 +14,11 @@
   ones the nodes send.
 - The handshakes run over loopback UDP (the control path), not over the wire.
 - Host MTU 1400 leaves room for the ESP overhead on the 1500-byte wire.
+- The root-side interfaces get fixed ifindexes with bit 15 set: DPDK's af_packet PMD
+  names its PACKET_FANOUT group ``(pid ^ ifindex) & 0xffff``, and two processes whose
+  groups collide on different interfaces fail to probe (EINVAL). pids stay below
+  32768 here, so these groups never meet another process's (n1's and n2's differ
+  by 0x2330, far more than two pids started together).
 
 Built with the helpers of :mod:`pydp.testbed`; everything needs root.
 """
@@ -47,13 +52,15 @@ class Side:
     subnet: str
     gateway: str
     tunnel_addr: str
+    dp_index: int
+    wire_index: int
 
 
 SIDES = (
     Side("n1", "pdtn-a", "pdtn-ha", "pdtn-ha-dp", "pdtn-wa", "10.77.1.1/24", "10.77.1.0/24",
-         "10.77.1.254", "192.168.77.1"),
+         "10.77.1.254", "192.168.77.1", 0x8110, 0x8111),
     Side("n2", "pdtn-b", "pdtn-hb", "pdtn-hb-dp", "pdtn-wb", "10.77.2.1/24", "10.77.2.0/24",
-         "10.77.2.254", "192.168.77.2"),
+         "10.77.2.254", "192.168.77.2", 0xA220, 0xA221),
 )
 PIPELINE = Path(__file__).resolve().parents[2] / "testbeds" / "tunnel-node.yaml"
 
@@ -82,7 +89,8 @@ def up() -> tuple[Side, ...]:
     down()
     try:
         a, b = SIDES
-        tb._run(["ip", "link", "add", a.wire_if, "type", "veth", "peer", "name", b.wire_if])
+        tb._run(["ip", "link", "add", a.wire_if, "index", str(a.wire_index), "type", "veth",
+                 "peer", "name", b.wire_if, "index", str(b.wire_index)])
         for w in (a.wire_if, b.wire_if):
             tb._offloads_off(w)
             tb._sysctl(f"net/ipv6/conf/{w}/disable_ipv6", "1")
@@ -90,8 +98,8 @@ def up() -> tuple[Side, ...]:
         for s in SIDES:
             tb._run(["ip", "netns", "add", s.ns])
             tb._run(["ip", "-n", s.ns, "link", "set", "lo", "up"])
-            tb._run(["ip", "link", "add", s.host_if, "address", HOST_MAC, "mtu",
-                     str(HOST_MTU), "type", "veth", "peer", "name", s.dp_if])
+            tb._run(["ip", "link", "add", s.dp_if, "index", str(s.dp_index), "type", "veth",
+                     "peer", "name", s.host_if, "address", HOST_MAC, "mtu", str(HOST_MTU)])
             tb._offloads_off(s.host_if)
             tb._offloads_off(s.dp_if)
             tb._sysctl(f"net/ipv6/conf/{s.dp_if}/disable_ipv6", "1")
