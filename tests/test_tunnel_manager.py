@@ -174,20 +174,36 @@ def test_rotation_rehandshakes_and_keeps_the_tunnel(pair, pki):
     assert pair.m2.tunnels["n1"].state == "up" and pair.gens() == (1, 1)
 
 
-def test_revocation_tears_down_and_refuses(pair, pki):
+def test_revocation_tears_down_and_refuses(pki):
+    # n2 ignores the CRL (as a compromised node would): n1 must cut it off on its own
+    p1, p2 = free_udp_port(), free_udp_port()
+    s1, s2 = MemorySink(), MemorySink()
+    with TunnelManager(pki.config("n1", p1, {"n2": p2}, grace=0.3), s1) as m1, \
+            TunnelManager(pki.config("n2", p2, {"n1": p1}, crl=None), s2) as m2:
+        m1.start()
+        m2.start()
+        assert m1.wait_up(timeout=10) and m2.wait_up(timeout=10)
+        pki.ca.revoke("n2")
+        wait(lambda: not s1.spis(ENC) and not s1.spis(DEC), what="n1 tore down")
+        t = m1.tunnels["n2"]
+        assert t.state == "refused" and "revoked" in t.last_error
+        assert s1.removed and all(sa.key.wiped for sa in s1.removed)
+        # n2 comes back with its revoked certificate and is refused, with the reason
+        m2.teardown("n1", "test")
+        m2.tunnels["n1"].next_attempt = 0
+        wait(lambda: "revoked" in (m2.tunnels["n1"].last_error or ""), what="n2 refused")
+        assert "refused by n1: certificate of n2" in m2.tunnels["n1"].last_error
+        assert not s1.spis(ENC) and not s1.spis(DEC)
+        assert "refused init" in " ".join(m1.show()["events"])
+
+
+def test_a_revoked_node_drops_its_own_tunnels(pair, pki):
     pair.up()
     pki.ca.revoke("n2")
-    wait(lambda: not pair.s1.spis(ENC) and not pair.s1.spis(DEC), what="n1 tore down")
-    t = pair.m1.tunnels["n2"]
-    assert t.state == "refused" and "revoked" in t.last_error
-    assert all(sa.key.wiped for sa in pair.s1.removed)
-    # n2 comes back with its (revoked) certificate and is refused, with the reason
-    pair.m2.teardown("n1", "test")
-    pair.m2.tunnels["n1"].next_attempt = 0
-    wait(lambda: "revoked" in (pair.m2.tunnels["n1"].last_error or "")
-         and pair.m2.tunnels["n1"].last_error != "test", what="n2 refused")
-    assert not pair.s1.spis(ENC) and not pair.s1.spis(DEC)
-    assert "refused init" in " ".join(pair.m1.show()["events"])
+    wait(lambda: not pair.s2.spis(ENC) and not pair.s2.spis(DEC), what="n2 tore down")
+    assert "own certificate" in pair.m2.show()["identity_error"]
+    time.sleep(1.0)
+    assert not pair.s2.log[-1][0] == "add"  # and does not try again
 
 
 def test_deny_tears_down(pair):

@@ -179,6 +179,7 @@ class TunnelManager:
         self._last_recheck = now
         self.events: deque[str] = deque(maxlen=64)
         self.rotations = 0
+        self.identity_error: str | None = None
         fam = socket.AF_INET6 if ":" in config.listen[0] else socket.AF_INET
         self.sock = socket.socket(fam, socket.SOCK_DGRAM)
         try:
@@ -323,6 +324,7 @@ class TunnelManager:
                     "address": self.cfg.address, "subnets": self.cfg.subnets,
                     "stages": {"encrypt": self.enc, "decrypt": self.dec},
                     "rotations": self.rotations, "deny": sorted(self.trust.deny),
+                    "identity_error": self.identity_error,
                     "revoked_serials": len(self.trust.revoked_serials()),
                     "tunnels": tunnels, "events": list(self.events)[-20:]}
 
@@ -559,6 +561,17 @@ class TunnelManager:
         """Verify every generation's peer certificate again; tear down refused ones."""
         self._last_recheck = self.clock()
         down = []
+        try:
+            self.trust.verify(self.me.cert, expect=self.me.node)
+            self.identity_error = None
+        except PeerRefused as e:
+            # this node itself is out of the mesh (revoked, denied, expired): stop
+            self.identity_error = f"this node's own certificate: {e.reason}"
+            for t in self.tunnels.values():
+                if t.gens or t.init is not None or t.state != "refused":
+                    self.teardown(t.peer.node, self.identity_error)
+                    down.append(t.peer.node)
+            return down
         for t in self.tunnels.values():
             for g in list(t.gens):
                 try:
@@ -586,6 +599,7 @@ class TunnelManager:
         old = self.me.cert.serial_number
         self.me = new
         self.rotations += 1
+        self.identity_error = None
         started = []
         for t in self.tunnels.values():
             if t.init is not None:
@@ -663,7 +677,8 @@ class TunnelManager:
                 if g.retire_at is not None or g.rekeying or g is not t.gens[-1]:
                     continue
                 why = rekey_due(k.role, age, pk, by, k.lifetime) or (ev if ev else None)
-                if why and t.init is None and now >= t.next_attempt:
+                if why and t.init is None and now >= t.next_attempt and \
+                        self.identity_error is None:
                     g.rekeying = True
                     self._start_init(t, f"soft {why} lifetime" if not ev else f"data path: {ev}")
                     self._note(f"rekeying with {t.peer.node}: {t.init_why}")
@@ -672,7 +687,7 @@ class TunnelManager:
                 t.next_attempt = now
             # connect
             if not t.gens and t.init is None and now >= t.next_attempt and \
-                    not self._answering(t.peer.node, now):
+                    self.identity_error is None and not self._answering(t.peer.node, now):
                 self._start_init(t, "connect")
         # forget finished responders
         for sid, (r, _raw, born, _peer) in list(self._resp.items()):

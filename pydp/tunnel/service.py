@@ -28,6 +28,8 @@ def format_show(doc: dict[str, Any]) -> str:
              f"  handshake on {doc['listen']}, tunnel address {doc['address']}, "
              f"subnets {', '.join(doc['subnets'])}; stages {doc['stages']['encrypt']}/"
              f"{doc['stages']['decrypt']}; rotations {doc['rotations']}"]
+    if doc.get("identity_error"):
+        lines.append(f"  OUT OF THE MESH: {doc['identity_error']}")
     if doc.get("deny"):
         lines.append(f"  deny list: {', '.join(doc['deny'])}")
     for t in doc["tunnels"]:
