@@ -234,3 +234,41 @@ def deny(node: str, control: str | None) -> None:
     from .control import call
     res = call("tunnel.deny", control, node=node)
     click.echo(f"denied {res['denied']}; torn down: {', '.join(res['torn_down']) or 'none'}")
+
+
+@tunnel.group("testbed")
+def testbed_grp() -> None:
+    """Two hosts behind two mesh nodes, an ESP-only wire (netns pdtn-a, pdtn-b)."""
+
+
+@testbed_grp.command("up")
+@click.argument("directory", metavar="DIR")
+@click.option("--ports", "hs_ports", default="7401,7402", show_default=True,
+              metavar="P1,P2", help="Handshake UDP ports of n1 and n2 on 127.0.0.1.")
+def testbed_up(directory: str, hs_ports: str) -> None:
+    """Build the topology; write a CA, both nodes' certificates and configs to DIR."""
+    from .tunnel import testbed as ttb
+    try:
+        p1, p2 = (int(x) for x in hs_ports.split(","))
+    except ValueError:
+        raise ConfigError(f"--ports {hs_ports!r}: expected two UDP ports like 7401,7402",
+                          key="ports") from None
+    ttb.up()
+    cfgs = ttb.write_configs(directory, (p1, p2))
+    click.echo("tunnel testbed up: netns pdtn-a (10.77.1.1) - n1 = wire pdtn-wa/pdtn-wb = "
+               "n2 - netns pdtn-b (10.77.2.1)")
+    for i, s in enumerate(ttb.SIDES):
+        click.echo(f"  node {s.node}: pydp tunnel run {ttb.PIPELINE} --tunnel {cfgs[s.node]} "
+                   + " ".join(ttb.devargs(s, i)) + f" --control {directory}/{s.node}.sock")
+    click.echo(f"  try:  ip netns exec pdtn-a ping 10.77.2.1; pydp tunnel show --control "
+               f"{directory}/n1.sock")
+    click.echo(f"  revoke: pydp tunnel ca revoke {directory}/ca n2")
+    click.echo("  down: pydp tunnel testbed down")
+
+
+@testbed_grp.command("down")
+def testbed_down() -> None:
+    """Remove the tunnel testbed."""
+    from .tunnel import testbed as ttb
+    ttb.down()
+    click.echo("tunnel testbed: down")
