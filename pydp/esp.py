@@ -269,7 +269,9 @@ class SA:
                     raise ConfigError(f"lifetime has no key '{k}' (allowed: "
                                       f"{', '.join(allowed)})", key=k, path=("lifetime", k))
             fixed["lifetime"] = Lifetime(**dict(lt))
-        return cls(**fixed)
+        sa = cls(**fixed)
+        sa._static = True  # its key is file data: to_dict() writes it back
+        return sa
 
     # -- validation ---------------------------------------------------------------
     def _err(self, key: str, msg: str, path: tuple = ()) -> ConfigError:
@@ -358,12 +360,17 @@ class SA:
     __str__ = __repr__
 
     def to_dict(self) -> dict[str, Any]:
-        """YAML-ready data; the key is left out (written as ``<hidden>``)."""
+        """YAML-ready data. The key of a static SA (read from a pipeline file)
+        is that file's data and is written back as hex, so the file round-trips;
+        any other SA's key is written as ``<hidden>``."""
         d: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
             if f.name == "key":
-                d["key"] = "<hidden>"
+                d["key"] = "0x" + bytes(v).hex() if getattr(self, "_static", False) \
+                    else "<hidden>"
+            elif f.name == "spi":
+                d["spi"] = v
             elif v is None or (f.default is not dataclasses.MISSING and v == f.default):
                 continue
             elif isinstance(v, list):

@@ -20,17 +20,15 @@
  *   crypto-error       the crypto device failed otherwise
  *
  * rte_ipsec gives a failed packet no reason. The stage tells them apart:
- * lengths are checked before rte_ipsec sees a packet (malformed); what
- * rte_ipsec_pkt_cpu_prepare refuses then failed the window check, and its
- * sequence number against the window's top (the highest authenticated
- * one, kept per SA as rte_ipsec updates its own) says replayed or
- * out-of-window, with rte_ipsec's own rule (s == 0 || s + W < top). What
- * rte_ipsec_pkt_process refuses carries RTE_MBUF_F_RX_SEC_OFFLOAD_FAILED
- * when the crypto failed (auth-failed); otherwise it is a duplicate of a
- * packet of the same burst (replayed) or bad padding/next header
- * (malformed). The replay state of an inbound SA has one writer: with more
- * than one worker, one SA's packets must reach one rx queue (RSS on the
- * outer addresses does that).
+ * lengths are checked before rte_ipsec sees a packet (malformed), and so
+ * is the sequence number, against the stage's own replay window (see
+ * win_check: rte_ipsec 22.11's window misses half the replays), which says
+ * replayed or out-of-window. What rte_ipsec_pkt_process refuses carries
+ * RTE_MBUF_F_RX_SEC_OFFLOAD_FAILED when the ICV failed (auth-failed);
+ * otherwise it is a duplicate of a packet of the same burst (replayed) or
+ * bad padding/next header (malformed). The replay state of an inbound SA
+ * has one writer: with more than one worker, one SA's packets must reach
+ * one rx queue (RSS on the outer addresses does that).
  */
 #include <netinet/in.h>
 
@@ -120,12 +118,61 @@ static void dec_drop(struct pd_stage *st, struct pd_worker *w, struct esp_sa *sa
 	esp_sa_drop(sa, sa_reason, 1);
 }
 
+/* ---- the anti-replay window (RFC 6479 bitmap) ---------------------------
+ * rte_ipsec 22.11's own window records only half the sequence numbers:
+ * esn_inb_update_sqn() keeps the bit mask in a uint32_t, so
+ * `(uint64_t)1 << (sqn & 63)` is lost for (sqn & 63) >= 32, and such a
+ * replay passes (measured: of 1..40, 32..40 replay undetected). rte_ipsec
+ * keeps its window (it still rejects what is behind it, never a good
+ * packet, and its top is what it rebuilds ESN high bits from); this one,
+ * correct, decides. Window W covers [top - W + 1, top]. */
+static inline unsigned win_check(const struct esp_sa *sa, uint64_t top, uint64_t s)
+{
+	if (s == 0)
+		return DEC_WINDOW;
+	if (sa->win == 0 || s > top)
+		return 0;
+	if (s + sa->win <= top)
+		return DEC_WINDOW;
+	if (sa->rwin[(s >> 6) & sa->rwin_mask] & (1ull << (s & 63)))
+		return DEC_REPLAYED;
+	return 0;
+}
+
+/* Record an authenticated s; false if it was seen (a duplicate in a burst). */
+static inline bool win_update(struct esp_sa *sa, uint64_t *top, uint64_t s)
+{
+	uint64_t *blk;
+
+	if (sa->win == 0) {
+		if (s > *top)
+			*top = s;
+		return true;
+	}
+	if (s > *top) {
+		uint64_t from = *top >> 6, to = s >> 6, b;
+
+		if (to - from > sa->rwin_mask)
+			from = to - sa->rwin_mask - 1;
+		for (b = from + 1; b <= to; b++)
+			sa->rwin[b & sa->rwin_mask] = 0;
+		*top = s;
+	} else if (s + sa->win <= *top) {
+		return false;
+	}
+	blk = &sa->rwin[(s >> 6) & sa->rwin_mask];
+	if (*blk & (1ull << (s & 63)))
+		return false;
+	*blk |= 1ull << (s & 63);
+	return true;
+}
+
 static void dec_group(struct pd_stage *st, struct pd_worker *w,
 		      struct esp_priv *pr, struct esp_sa *sa,
 		      struct rte_mbuf **mb, uint16_t n, uint64_t now)
 {
-	uint64_t top = __atomic_load_n(&sa->seq, __ATOMIC_RELAXED), newtop = top;
-	uint64_t bytes = 0;
+	const uint64_t top0 = __atomic_load_n(&sa->seq, __ATOMIC_RELAXED);
+	uint64_t top = top0, bytes = 0;
 	uint16_t i, k, good, ok, passed = 0;
 
 	if (unlikely(esp_sa_expired(sa, now))) {
@@ -136,8 +183,9 @@ static void dec_group(struct pd_stage *st, struct pd_worker *w,
 	}
 	for (i = 0, k = 0; i < n; i++) {
 		struct rte_mbuf *m = mb[i];
-		const struct pd_meta *md = pd_meta(m);
+		struct pd_meta *md = pd_meta(m);
 		uint32_t plen, clen;
+		unsigned r;
 
 		plen = rte_pktmbuf_pkt_len(m) - md->l4_off;
 		clen = plen - DEC_OVERHEAD;
@@ -146,10 +194,15 @@ static void dec_group(struct pd_stage *st, struct pd_worker *w,
 			dec_drop(st, w, sa, DEC_MALFORMED, ESP_SD_MALFORMED, m);
 			continue;
 		}
+		/* the low sequence number, kept: rte_ipsec moves the data */
+		md->aux = rd32(rte_pktmbuf_mtod(m, const uint8_t *) + md->l4_off + 4);
+		r = win_check(sa, top0, seq_full(sa, top0, md->aux));
+		if (unlikely(r)) {
+			dec_drop(st, w, sa, r, r == DEC_WINDOW ? ESP_SD_WINDOW : ESP_SD_REPLAYED, m);
+			continue;
+		}
 		m->l2_len = md->l3_off;
 		m->l3_len = (uint64_t)(md->l4_off - md->l3_off);
-		/* the low sequence number, kept: rte_ipsec moves the data */
-		pd_meta(m)->aux = rd32(rte_pktmbuf_mtod(m, const uint8_t *) + md->l4_off + 4);
 		m->ol_flags &= ~RTE_MBUF_F_RX_SEC_OFFLOAD_FAILED;
 		mb[k++] = m;
 	}
@@ -157,16 +210,9 @@ static void dec_group(struct pd_stage *st, struct pd_worker *w,
 	if (n == 0)
 		return;
 	good = esp_crypt(pr, sa, w, mb, n);
-	/* refused before decryption: the window check */
-	for (i = good; i < n; i++) {
-		struct rte_mbuf *m = mb[i];
-		uint64_t s = seq_full(sa, top, pd_meta(m)->aux);
-
-		if (s == 0 || s + sa->win < top)
-			dec_drop(st, w, sa, DEC_WINDOW, ESP_SD_WINDOW, m);
-		else
-			dec_drop(st, w, sa, DEC_REPLAYED, ESP_SD_REPLAYED, m);
-	}
+	/* refused before decryption (lengths and windows were checked) */
+	for (i = good; i < n; i++)
+		dec_drop(st, w, sa, DEC_MALFORMED, ESP_SD_MALFORMED, mb[i]);
 	ok = good ? rte_ipsec_pkt_process(&sa->ss, mb, good) : 0;
 	for (i = ok; i < good; i++) {
 		struct rte_mbuf *m = mb[i];
@@ -178,6 +224,7 @@ static void dec_group(struct pd_stage *st, struct pd_worker *w,
 			dec_drop(st, w, sa, DEC_AUTH, ESP_SD_AUTH, m);
 			continue;
 		}
+		/* rte_ipsec's window refused a duplicate of this burst */
 		for (j = 0; j < ok && !dup; j++)
 			dup = pd_meta(mb[j])->aux == low;
 		if (dup)
@@ -188,14 +235,16 @@ static void dec_group(struct pd_stage *st, struct pd_worker *w,
 	for (i = 0; i < ok; i++) {
 		struct rte_mbuf *m = mb[i];
 		struct pd_meta *md = pd_meta(m);
-		uint64_t s = seq_full(sa, top, md->aux);
 		const uint16_t in_port = md->in_port;
 		const uint8_t *src, *dst;
 		uint16_t sp, dp;
 		uint8_t fam, *d;
 
-		if (s > newtop)
-			newtop = s;
+		/* authenticated: it moves the window (selector drops included) */
+		if (unlikely(!win_update(sa, &top, seq_full(sa, top, md->aux)))) {
+			dec_drop(st, w, sa, DEC_REPLAYED, ESP_SD_REPLAYED, m);
+			continue;
+		}
 		d = (uint8_t *)rte_pktmbuf_prepend(m, 14);
 		if (unlikely(!d)) {
 			dec_drop(st, w, sa, DEC_CRYPTO, ESP_SD_CRYPTO, m);
@@ -223,10 +272,8 @@ static void dec_group(struct pd_stage *st, struct pd_worker *w,
 		passed++;
 		pd_emit(w, st, 0, m);
 	}
-	/* authenticated packets move the window, as in rte_ipsec (selector
-	 * drops included: they were genuine) */
-	if (newtop != top)
-		__atomic_store_n(&sa->seq, newtop, __ATOMIC_RELAXED);
+	if (top != top0)
+		__atomic_store_n(&sa->seq, top, __ATOMIC_RELAXED);
 	esp_sa_count(sa, passed, bytes);
 }
 

@@ -335,6 +335,7 @@ static int sa_create(struct pd_stage *st, struct esp_priv *pr,
 	/* rte_ipsec keeps a window of at least 64 with ESN */
 	sa->win = c->esn ? RTE_MAX(c->replay_window, 64u) : c->replay_window;
 	sa->iv_len = 8 + 8;
+	sa->rwin_mask = (uint32_t)rte_align32pow2(sa->win / 64 + 1) - 1;
 	memcpy(sa->tun_src, c->tun_src, 16);
 	memcpy(sa->tun_dst, c->tun_dst, 16);
 	sa->seq_max = c->esn ? UINT64_MAX : UINT32_MAX;

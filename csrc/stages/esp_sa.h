@@ -49,6 +49,9 @@ enum {
 	ESP_SD_N
 };
 
+/* replay bitmap: 64-bit blocks, a power of two above window / 64 */
+#define ESP_RWIN_BLOCKS 128
+
 struct esp_sel {
 	uint8_t family;
 	uint8_t proto;
@@ -80,6 +83,9 @@ struct esp_sa {
 	uint64_t packets;
 	uint64_t bytes;
 	uint64_t drops[ESP_SD_N];
+	/* inbound anti-replay bitmap (RFC 6479), one writer: see esp_decrypt.c */
+	uint32_t rwin_mask;                   /* blocks - 1 */
+	uint64_t rwin[ESP_RWIN_BLOCKS] __rte_cache_aligned;
 };
 
 struct esp_table {
