@@ -143,3 +143,66 @@ def test_revocation_removes_the_sas_from_the_data_path(nodes):
     wait(lambda: dps[0].stats().stages()["esp_out"]["drops"].get("no-sa", 0) == 5,
          what="no-sa drops")
     assert "revoked" in mgrs[0].tunnels["n2"].last_error
+
+
+@pytest.fixture
+def short_nodes(eal, ring_name, tmp_path):
+    """Like nodes, with a 100-packet lifetime: the data path's soft-expired events rekey."""
+    pki = Pki(tmp_path, nodes=("n1", "n2"))
+    p1, p2 = free_udp_port(), free_udp_port()
+    life = {"seconds": 3600, "packets": 100}
+    dps = [Dataplane(gateway(), {"inside": ring_name(), "outside": ring_name()},
+                     workers=[lc]) for lc in eal.workers[:2]]
+    mgrs = []
+    try:
+        for dp in dps:
+            dp.start()
+        mgrs = [TunnelManager(pki.config("n1", p1, {"n2": p2}, grace=0.3, lifetime=life),
+                              dps[0]),
+                TunnelManager(pki.config("n2", p2, {"n1": p1}, grace=0.3, lifetime=life),
+                              dps[1])]
+        for m in mgrs:
+            m.start()
+        assert mgrs[0].wait_up(timeout=15) and mgrs[1].wait_up(timeout=15)
+        yield pki, dps, mgrs
+    finally:
+        for m in mgrs:
+            m.close()
+        for dp in dps:
+            dp.close()
+
+
+def test_packet_lifetime_rekeys_before_the_hard_limit(short_nodes):
+    pki, dps, mgrs = short_nodes
+    sent, got, spis = 0, [], set()
+    while sent < 400:
+        esp, inner = carry(dps, [pkt(sent + i) for i in range(10)])
+        sent += 10
+        got += [bytes(p[Raw].load) for p in inner]
+        spis |= {p[ESP].spi for p in esp}
+        time.sleep(0.15)  # the data path's soft-expired event reaches the manager
+    assert got == [b"id=%06d" % i for i in range(sent)]
+    assert len(spis) >= 4 and mgrs[0].tunnels["n2"].rekeys >= 3
+    for dp in dps:
+        drops = dp.stats().stages()
+        assert sum(drops["esp_out"]["drops"].values()) == 0, drops["esp_out"]
+        assert sum(drops["esp_in"]["drops"].values()) == 0, drops["esp_in"]
+
+
+def test_rotation_under_traffic_keeps_the_tunnel(nodes):
+    pki, dps, mgrs = nodes
+    old = mgrs[1].tunnels["n1"].current().keys.peer_cert.serial_number
+    pki.ca.issue("n1")
+    sent, got = 0, []
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        esp, inner = carry(dps, [pkt(sent + i) for i in range(10)])
+        sent += 10
+        got += [bytes(p[Raw].load) for p in inner]
+        t = mgrs[1].tunnels["n1"]
+        if mgrs[0].rotations == 1 and len(t.gens) == 1 and \
+                t.gens[0].keys.peer_cert.serial_number != old:
+            break
+    assert mgrs[0].rotations == 1
+    assert mgrs[1].tunnels["n1"].current().keys.peer_cert.serial_number != old
+    assert got == [b"id=%06d" % i for i in range(sent)]

@@ -487,14 +487,24 @@ class TunnelManager:
             sa = TunnelSA(k.spi_in, "in", k.cipher, k.key_in, t.peer.address, self.cfg.address,
                           self._selectors(t.peer.subnets, self.cfg.subnets), life,
                           self.cfg.replay_window, self.cfg.esn)
-            self.sink.sa_add(self.dec, make_sa(self.sink, sa))
+            self._add(self.dec, sa)
             g.in_installed = True
         else:
             sa = TunnelSA(k.spi_out, "out", k.cipher, k.key_out, self.cfg.address,
                           t.peer.address, self._selectors(self.cfg.subnets, t.peer.subnets),
                           life, self.cfg.replay_window, self.cfg.esn)
-            self.sink.sa_add(self.enc, make_sa(self.sink, sa))
+            self._add(self.enc, sa)
             g.out_installed = True
+
+    def _add(self, stage: str, sa: TunnelSA) -> None:
+        obj = make_sa(self.sink, sa)
+        try:
+            self.sink.sa_add(stage, obj)
+        except BaseException:
+            wipe = getattr(obj, "wipe", None)  # the data path's copy of a refused SA
+            if wipe is not None and obj is not sa:
+                wipe()
+            raise
 
     def _remove_gen(self, t: Tunnel, g: Generation) -> None:
         """Remove a generation's SAs (outbound first) and wipe its keys."""
