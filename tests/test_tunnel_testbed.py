@@ -174,7 +174,7 @@ def test_tcp_passes_and_the_wire_carries_only_esp(mesh):
                           timeout=60).stdout.split("\n")
     rows = [r.split("\t") for r in rows if r]
     # ~740 data segments, their ACKs, the pings (tshark may miss some on a busy machine)
-    assert len(rows) >= 300, len(rows)
+    assert len(rows) >= 500, len(rows)
     assert {r[0] for r in rows} == {"eth:ethertype:ip:esp"}
     # and by the nodes' own counters: everything each received on the wire was ESP
     # that decrypted (parse -> esp_decrypt, nothing dropped), nothing else came in
@@ -182,7 +182,8 @@ def test_tcp_passes_and_the_wire_carries_only_esp(mesh):
         a, b = before[n], call("stats", mesh.sock[n])
         rx = b["ports"]["outside"]["rx_packets"] - a["ports"]["outside"]["rx_packets"]
         dec = b["stages"]["esp_in"]["in"] - a["stages"]["esp_in"]["in"]
-        assert rx >= 300 and dec == rx, (n, rx, dec)
+        # n2 received the ~740 data segments, n1 their ACKs (fewer: delayed ACKs)
+        assert rx >= (700 if n == "n2" else 100) and dec == rx, (n, rx, dec)
         assert sum(b["stages"]["esp_in"]["drops"].values()) == \
             sum(a["stages"]["esp_in"]["drops"].values())
     spis = {int(r[1], 16) for r in rows}
