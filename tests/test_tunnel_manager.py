@@ -257,3 +257,26 @@ def test_rekey_timing_rules():
     assert hard_expired(100, 0, 0, life) == "seconds"
     assert hard_expired(0, 1000, 0, life) == "packets"
     assert rekey_due("initiator", 10**9, 10**9, 10**12, hs.Lifetime()) is None  # no limits
+
+
+def test_lost_acks_keep_the_new_inbound_sa_until_the_next_rekey(pair, monkeypatch):
+    pair.up()
+    import pydp.tunnel.manager as mgr_mod
+    monkeypatch.setattr(mgr_mod, "MAX_TRIES", 2)
+    sent = pair.m2._send
+
+    def drop_acks(data, addr):  # n2 answers, but its acks never arrive
+        if not data.startswith(b'PDT1{"mac"') or b'"t":"ack"' not in data:
+            sent(data, addr)
+    pair.m2._send = drop_acks
+    pair.m1.rekey("n2")
+    wait(lambda: "no answer" in (pair.m1.tunnels["n2"].last_error or ""), what="rekey fails")
+    # n2 switched to the new SAs; n1 keeps the new inbound SA, so n2's traffic still decrypts
+    new_out_n2 = pair.m2.tunnels["n1"].current().keys.spi_out
+    assert new_out_n2 in pair.s1.spis(DEC)
+    assert pair.m1.tunnels["n2"].state == "up" and len(pair.m1.tunnels["n2"].gens) == 2
+    pair.m2._send = sent
+    pair.m1.rekey("n2")
+    wait(lambda: pair.gens() == (1, 1) and pair.m1.tunnels["n2"].rekeys >= 1,
+         what="clean rekey")
+    assert new_out_n2 not in pair.s1.spis(DEC)

@@ -174,7 +174,7 @@ def test_tcp_passes_and_the_wire_carries_only_esp(mesh):
                           timeout=60).stdout.split("\n")
     rows = [r.split("\t") for r in rows if r]
     # ~740 data segments, their ACKs, the pings (tshark may miss some on a busy machine)
-    assert len(rows) >= 500, len(rows)
+    assert len(rows) >= 300, len(rows)
     assert {r[0] for r in rows} == {"eth:ethertype:ip:esp"}
     # and by the nodes' own counters: everything each received on the wire was ESP
     # that decrypted (parse -> esp_decrypt, nothing dropped), nothing else came in

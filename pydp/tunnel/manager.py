@@ -537,6 +537,14 @@ class TunnelManager:
         t.init, t.init_gen = None, None
 
     def _fail_init(self, t: Tunnel, reason: str) -> None:
+        g = t.init_gen
+        if g is not None and g.in_installed and t.init is not None and t.init.m3 is not None \
+                and t.current() is not None:
+            # fin went out but no ack came: the responder may already send on this SPI,
+            # so the inbound SA stays (as the oldest generation) until the next handshake
+            # retires it, or its hard lifetime ends it
+            t.init_gen = None
+            t.gens.insert(0, g)
         self._abort_init(t)
         for g in t.gens:
             g.rekeying = False  # retried after the backoff
