@@ -571,12 +571,15 @@ def test_sa_add_errors(ring_name):
         assert dp.sa_list("enc")[0]["mode"] == "lookaside"
 
 
-@pytest.mark.parametrize("crypto", ["aesni_mb", "openssl"])
-def test_other_crypto_devices_interoperate(ring_name, crypto):
-    """The same SAs through crypto_aesni_mb (CPU crypto) and crypto_openssl
-    (lookaside, the fallback): scapy decrypts, pydp decrypts scapy."""
-    out = mk_sa(0xA000, "out", "aes-gcm-128", 6, 4)
-    inb = mk_sa(0xA001, "in", "aes-gcm-256", 4, 6)
+@pytest.mark.parametrize("crypto,ciphers", [
+    ("aesni_mb", ("aes-gcm-128", "aes-gcm-256")), ("openssl", ("aes-gcm-128", "aes-gcm-256")),
+    ("chacha20_poly1305", ("chacha20-poly1305", "chacha20-poly1305"))])
+def test_other_crypto_devices_interoperate(ring_name, crypto, ciphers):
+    """SAs through crypto_aesni_mb (CPU crypto), crypto_openssl (lookaside, the
+    fallback) and crypto_chacha20_poly1305 (lookaside): scapy decrypts, pydp
+    decrypts scapy."""
+    out = mk_sa(0xA000, "out", ciphers[0], 6, 4)
+    inb = mk_sa(0xA001, "in", ciphers[1], 4, 6)
     ssa = scapy_sa(inb)
     r = run(gateway([out], [inb], crypto=crypto), ring_name,
             {"inside": [eth() / inner_pkt(i, 6) for i in range(3)],
@@ -584,3 +587,35 @@ def test_other_crypto_devices_interoperate(ring_name, crypto):
     assert r.st.drops() == {}
     assert sorted(pid(scapy_sa(out).decrypt(outer_ip(f))) for f in r.out["outside"]) == [0, 1, 2]
     assert sorted(r.ids("inside")) == [10, 11, 12]
+
+
+@pytest.mark.nosan
+def test_tunnel_gateway_cli_pcap_and_tshark(tmp_path):
+    """`pydp run pipelines/tunnel-gateway.yaml` with net_pcap ports: the tx pcap
+    holds only ESP (tshark says so), and scapy decrypts it with the file's keys;
+    a bad key in the file is one `pydp: error:` line naming the field."""
+    from scapy.utils import rdpcap
+    from test_cli import one_clear_line, pydp
+    if shutil.which("tshark") is None:
+        pytest.skip("tshark is not installed")
+    clear = [eth() / IP(src="10.1.0.9", dst="10.2.3.4") / UDP(dport=53) / tag(i)
+             for i in range(5)]
+    wrpcap(str(tmp_path / "clear.pcap"), clear)
+    r = pydp("run", "pipelines/tunnel-gateway.yaml", "--port",
+             f"inside=net_pcap_esp0,rx_pcap={tmp_path}/clear.pcap", "--port",
+             f"outside=net_pcap_esp1,tx_pcap={tmp_path}/esp.pcap", "--until-idle", "--json")
+    assert r.returncode == 0, r.stderr
+    res = subprocess.run(["tshark", "-r", str(tmp_path / "esp.pcap"), "-T", "fields",
+                          "-e", "frame.protocols", "-e", "esp.spi"], capture_output=True,
+                         text=True, timeout=60, check=True)
+    rows = res.stdout.strip().splitlines()
+    assert len(rows) == 5 and all(ln.split("\t")[0] == "eth:ethertype:ip:esp" for ln in rows)
+    sa = Pipeline.load(PIPELINES / "tunnel-gateway.yaml").stage("encrypt").sas[0]
+    got = [pid(scapy_sa(sa).decrypt(Ether(bytes(f))[IP])) for f in rdpcap(str(tmp_path /
+                                                                            "esp.pcap"))]
+    assert got == list(range(5))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((PIPELINES / "tunnel-gateway.yaml").read_text().replace(
+        '"0x000102030405060708090a0b0c0d0e0f10111213"', '"0x0001020304"'))
+    line = one_clear_line(pydp("check", str(bad)))
+    assert "key: 5 bytes" in line and "000102" not in line

@@ -7,12 +7,14 @@
  * rte_ipsec_session. pydp writes no ESP framing and no crypto of its own.
  *
  * Crypto device: RTE_SECURITY_ACTION_TYPE_CPU_CRYPTO on the ipsec_mb PMDs
- * (crypto_aesni_gcm for AES-GCM, crypto_chacha20_poly1305 for ChaCha20-
- * Poly1305, crypto_aesni_mb for all three): synchronous, on the worker's own
- * core, with no queue pair, no crypto op and no mempool get per packet, so
- * a worker shares nothing with another. crypto_openssl (no CPU crypto) is
- * the fallback, run lookaside through one queue pair per worker with crypto
- * ops allocated once when the stage gets its first SA.
+ * (crypto_aesni_gcm for AES-GCM, crypto_aesni_mb for ChaCha20-Poly1305 and
+ * as the second choice for AES-GCM): synchronous, on the worker's own core,
+ * with no queue pair, no crypto op and no mempool get per packet, so a
+ * worker shares nothing with another. crypto_openssl (no CPU crypto) is the
+ * fallback, run lookaside through one queue pair per worker of a device of
+ * the stage's own, with crypto ops allocated once when the stage gets its
+ * first SA; crypto_chacha20_poly1305 runs the same way when chosen (its
+ * CPU-crypto path fails in 22.11, see dev_pick).
  *
  * Table: immutable once published (pd_rcu_swap). It lists the stage's SAs
  * (newest first; inbound also sorted by SPI for a binary search) and, for
@@ -106,6 +108,7 @@ struct esp_priv {
 	int dev_pref;                 /* PD_ESP_DEV_* */
 	/* lookaside (crypto_openssl): one queue pair per worker */
 	int la_dev;                   /* -1 none */
+	int la_drv;                   /* PD_ESP_DEV_* of la_dev */
 	uint16_t la_nqp;
 	struct rte_mempool *la_pool;
 	struct rte_crypto_op *la_ops[PD_MAX_WORKERS][2 * PD_BURST];
