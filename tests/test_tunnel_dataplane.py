@@ -9,6 +9,7 @@ revocation removes the SAs from the data path (traffic then drops as no-sa).
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 
 import pytest
 from scapy.layers.inet import IP, UDP
@@ -50,19 +51,20 @@ def wait(cond, timeout=10.0, what="condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-@pytest.fixture
-def nodes(eal, ring_name, tmp_path):
+@contextmanager
+def two_nodes(eal, ring_name, tmp_path, **cfg):
+    """Two Dataplanes (one worker lcore each) and their managers, up."""
     pki = Pki(tmp_path, nodes=("n1", "n2"))
     p1, p2 = free_udp_port(), free_udp_port()
-    # one worker lcore each (the EAL has two)
+    cfg.setdefault("grace", 0.5)
     dps = [Dataplane(gateway(), {"inside": ring_name(), "outside": ring_name()},
                      workers=[lc]) for lc in eal.workers[:2]]
     mgrs = []
     try:
         for dp in dps:
             dp.start()
-        mgrs = [TunnelManager(pki.config("n1", p1, {"n2": p2}, grace=0.5), dps[0]),
-                TunnelManager(pki.config("n2", p2, {"n1": p1}, grace=0.5), dps[1])]
+        mgrs = [TunnelManager(pki.config("n1", p1, {"n2": p2}, **cfg), dps[0]),
+                TunnelManager(pki.config("n2", p2, {"n1": p1}, **cfg), dps[1])]
         for m in mgrs:
             m.start()
         assert mgrs[0].wait_up(timeout=15) and mgrs[1].wait_up(timeout=15)
@@ -72,6 +74,12 @@ def nodes(eal, ring_name, tmp_path):
             m.close()
         for dp in dps:
             dp.close()
+
+
+@pytest.fixture
+def nodes(eal, ring_name, tmp_path):
+    with two_nodes(eal, ring_name, tmp_path) as n:
+        yield n
 
 
 def carry(dps, pkts):
@@ -142,34 +150,17 @@ def test_revocation_removes_the_sas_from_the_data_path(nodes):
     dps[0].port("inside").inject([pkt(i) for i in range(5)])
     wait(lambda: dps[0].stats().stages()["esp_out"]["drops"].get("no-sa", 0) == 5,
          what="no-sa drops")
-    assert "revoked" in mgrs[0].tunnels["n2"].last_error
+    doc = mgrs[0].show()
+    t = doc["tunnels"][0]
+    assert t["state"] == "refused" and "revoked" in (t["last_error"] or ""), doc
 
 
 @pytest.fixture
 def short_nodes(eal, ring_name, tmp_path):
-    """Like nodes, with a 100-packet lifetime: the data path's soft-expired events rekey."""
-    pki = Pki(tmp_path, nodes=("n1", "n2"))
-    p1, p2 = free_udp_port(), free_udp_port()
-    life = {"seconds": 3600, "packets": 100}
-    dps = [Dataplane(gateway(), {"inside": ring_name(), "outside": ring_name()},
-                     workers=[lc]) for lc in eal.workers[:2]]
-    mgrs = []
-    try:
-        for dp in dps:
-            dp.start()
-        mgrs = [TunnelManager(pki.config("n1", p1, {"n2": p2}, grace=0.3, lifetime=life),
-                              dps[0]),
-                TunnelManager(pki.config("n2", p2, {"n1": p1}, grace=0.3, lifetime=life),
-                              dps[1])]
-        for m in mgrs:
-            m.start()
-        assert mgrs[0].wait_up(timeout=15) and mgrs[1].wait_up(timeout=15)
-        yield pki, dps, mgrs
-    finally:
-        for m in mgrs:
-            m.close()
-        for dp in dps:
-            dp.close()
+    """A 100-packet lifetime: the data path's soft-expired events rekey."""
+    with two_nodes(eal, ring_name, tmp_path, grace=0.3,
+                   lifetime={"seconds": 3600, "packets": 100}) as n:
+        yield n
 
 
 def test_packet_lifetime_rekeys_before_the_hard_limit(short_nodes):
@@ -206,3 +197,33 @@ def test_rotation_under_traffic_keeps_the_tunnel(nodes):
     assert mgrs[0].rotations == 1
     assert mgrs[1].tunnels["n1"].current().keys.peer_cert.serial_number != old
     assert got == [b"id=%06d" % i for i in range(sent)]
+
+
+def test_sequence_nearing_exhaustion_rekeys(eal, ring_name, tmp_path, monkeypatch):
+    import pydp.tunnel.manager as mgr_mod
+    orig, first = mgr_mod.make_sa, []
+
+    def near_the_end(sink, sa):  # n1's first outbound SA starts 1000 short of 2^32
+        obj = orig(sink, sa)
+        if sa.direction == "out" and not first:
+            first.append(sa.spi)
+            obj.initial_seq, obj.seq_margin = 2**32 - 1000, 500
+        return obj
+    monkeypatch.setattr(mgr_mod, "make_sa", near_the_end)
+    with two_nodes(eal, ring_name, tmp_path) as (pki, dps, mgrs):
+        owner = next(m for m in mgrs if any(g.keys.spi_out == first[0]
+                                            for t in m.tunnels.values() for g in t.gens))
+        src, dst = ("10.1.0.5", "10.2.0.7") if owner is mgrs[0] else ("10.2.0.7", "10.1.0.5")
+        a, b = (dps[0], dps[1]) if owner is mgrs[0] else (dps[1], dps[0])
+        sent, got = 0, []
+        while sent < 900:
+            a.port("inside").inject([pkt(sent + i, src, dst) for i in range(50)])
+            esp = a.port("outside").capture(count=50, timeout=10)
+            b.port("outside").inject(esp)
+            got += [bytes(p[Raw].load) for p in b.port("inside").capture(count=50, timeout=10)]
+            sent += 50
+            time.sleep(0.1)
+        assert got == [b"id=%06d" % i for i in range(sent)]
+        ev = " ".join(owner.show()["events"])
+        assert "data path: seq-nearing-exhaustion" in ev, ev
+        assert first[0] not in [s["spi"] for s in a.sa_list("esp_out")]
