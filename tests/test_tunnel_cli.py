@@ -138,3 +138,11 @@ def test_two_nodes_show_and_deny_through_the_control_socket(tmp_path):
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err
         assert "SAs removed, keys wiped" in out and "Traceback" not in err
+
+
+def test_run_refuses_a_pipeline_without_esp_stages(tmp_path):
+    c1, _, _, _ = _setup(tmp_path)
+    line = one_clear_line(pydp("tunnel", "run", "pipelines/forward.yaml", "--tunnel", str(c1),
+                               "--port", "in=net_null0", "--port", "out=net_null1", "--no-huge",
+                               "--control", str(tmp_path / "x.sock"), "--duration", "1"))
+    assert "pipeline 'forward' has no esp_encrypt stage" in line

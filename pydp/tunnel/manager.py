@@ -162,6 +162,8 @@ class TunnelManager:
         self.clock = clock
         self.enc = encrypt_stage or config.encrypt_stage or _find_stage(sink, "esp_encrypt")
         self.dec = decrypt_stage or config.decrypt_stage or _find_stage(sink, "esp_decrypt")
+        _check_stage(sink, self.enc, "esp_encrypt", config.source)
+        _check_stage(sink, self.dec, "esp_decrypt", config.source)
         self.trust = TrustStore(config.ca, config.crl, set(config.deny))
         self.me = NodeIdentity.load(config.cert, config.key, self.trust.trust_domain)
         if config.node and config.node != self.me.node:
@@ -721,11 +723,28 @@ def _mtime(path: str) -> int | None:
         return None
 
 
+def _check_stage(sink: Any, name: str, type_: str, source: str) -> None:
+    """The stage the config names must exist in the pipeline, with the right type."""
+    pl = getattr(sink, "pipeline", None)
+    if pl is None:
+        return
+    st = next((s for s in pl.stages if s.name == name), None)
+    if st is None or st.TYPE != type_:
+        have = [s.name for s in pl.stages if s.TYPE == type_]
+        raise ConfigError(f"stages: pipeline '{pl.name}' has no {type_} stage '{name}' "
+                          f"({type_} stages: {', '.join(have) or 'none'})", file=source,
+                          key="stages")
+
+
 def _find_stage(sink: Any, type_: str) -> str:
     pl = getattr(sink, "pipeline", None)
     if pl is None:
         return "esp_out" if type_ == "esp_encrypt" else "esp_in"
     names = [s.name for s in pl.stages if s.TYPE == type_]
+    if not names:
+        raise ConfigError(f"pipeline '{pl.name}' has no {type_} stage: a tunnel node needs "
+                          "esp_encrypt and esp_decrypt (see testbeds/tunnel-node.yaml)",
+                          key="stages")
     if len(names) != 1:
         raise ConfigError(f"pipeline '{pl.name}' has {len(names)} {type_} stages: name the one "
                           "for tunnels in the tunnel config (stages: {encrypt:, decrypt:})",
