@@ -204,3 +204,31 @@ def test_lifetime_agreement_takes_the_stricter_limit():
     c = a.agree(b)
     assert (c.hard_seconds, c.hard_bytes, c.hard_packets) == (60, 5000, 1000)
     assert (c.soft_seconds, c.soft_bytes, c.soft_packets) == (48, 4000, 800)
+
+
+def test_mutated_messages_are_refused_never_crash(pki):
+    """Every field of every message replaced by junk: PeerRefused or success, nothing else."""
+    import random
+    rnd = random.Random(5)
+    junk = [None, 1, -1, 1.5, True, "", "zz", "AAAA", [], {}, "x" * 100,
+            base64.b64encode(bytes(32)).decode(), base64.b64encode(bytes(64)).decode()]
+
+    def mutate(m: bytes) -> bytes:
+        obj = json.loads(m[4:])
+        k = rnd.choice(sorted(obj))
+        if k == "body" and rnd.random() < 0.7:
+            body = json.loads(base64.b64decode(obj["body"]))
+            body[rnd.choice(sorted(body))] = rnd.choice(junk)
+            obj["body"] = base64.b64encode(json.dumps(body).encode()).decode()
+        else:
+            obj[k] = rnd.choice(junk)
+        return hs.encode(obj)
+    outcomes = set()
+    for stage in ("init", "resp", "fin", "ack"):
+        for _ in range(60):
+            try:
+                run(pki, tamper=lambda s, m, st=stage: mutate(m) if s == st else m)
+                outcomes.add("ok")
+            except PeerRefused:
+                outcomes.add("refused")
+    assert "refused" in outcomes

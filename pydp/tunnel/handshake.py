@@ -82,7 +82,9 @@ class Lifetime:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "lifetime") -> Lifetime:
-        """From a dict with the field names; PeerRefused-free: ValueError on bad values."""
+        """From a dict with the field names; ValueError naming the field on bad values."""
+        if not isinstance(d, dict):
+            raise ValueError(f"{where}: not a mapping")
         out = {}
         for k in cls.__dataclass_fields__:
             v = d.get(k, 0)
@@ -302,7 +304,10 @@ class Initiator:
             raise PeerRefused(f"malformed message: {e}") from None
         n_r = _unb64(body.get("n"), "nonce", 32)
         e_r = _unb64(body.get("e"), "e", 32)
-        sid_r = bytes.fromhex(str(body.get("sid_r", "")))
+        try:
+            sid_r = bytes.fromhex(str(body.get("sid_r", "")))
+        except ValueError:
+            raise PeerRefused("malformed message: sid_r") from None
         self._th = _h(self.m1, raw)
         assert self._eph is not None
         k_i2r, k_r2i, spi_i2r, spi_r2i, confirm = derive(

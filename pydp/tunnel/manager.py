@@ -377,6 +377,9 @@ class TunnelManager:
             self._note(f"refused {kind} from {addr[0]}:{addr[1]}: {e.reason}")
             if kind in ("init", "fin"):
                 self._send(hs.refusal(str(msg.get("sid", "")), e.reason), addr)
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            # hostile or broken input must never reach the manager's own state
+            self._note(f"malformed {kind} from {addr[0]}:{addr[1]}: {type(e).__name__}")
 
     def _on_init(self, msg: dict, raw: bytes, addr: Any) -> None:
         sid = str(msg.get("sid", ""))
