@@ -208,7 +208,9 @@ def serve_dataplane(dp: Any, ports: dict[str, str], path: str | None) -> Any:
     srv = ControlServer(path or None)
     info = eal.info()
     srv.register("stats", lambda: dp.stats().to_dict())
-    srv.register("pipeline", lambda: dp.pipeline.to_dict())
+    from . import esp  # ESP: SAs by stage, and no key in anything shown
+    srv.register("pipeline", lambda: esp.redact_keys(dp.pipeline.to_dict()))
+    srv.register("sas", lambda: esp.state(dp))
     srv.register("info", lambda: {
         "pipeline": dp.pipeline.name, "lcores": dp.lcores, "ports": ports,
         "memory": info.memory if info else "", "running": dp.running, "pid": os.getpid()})

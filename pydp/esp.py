@@ -18,7 +18,15 @@ the wire in that SA's direction: for an inbound SA, ``tunnel_src`` is the
 peer. ``key`` is the RFC 4106/7634 keying material: the cipher key followed
 by the 4-byte salt (20 bytes for aes-gcm-128, 36 for aes-gcm-256 and
 chacha20-poly1305). It is never shown: not in ``repr``, not in
-:func:`sa_list`, not in error messages.
+:func:`sa_list`, not in error messages. The SA keeps its own ``bytearray``
+copy (zeroed by :func:`sa_remove`); a ``bytes`` object the caller passed
+cannot be wiped by pydp and stays the caller's to drop. In C the key lives
+only in the cryptodev session (cleared by the PMD when the SA is removed)
+and, for the duration of the add, in a config struct that is zeroed.
+
+Multiple workers: an outbound SA may be shared (atomic sequence numbers);
+an inbound SA's replay window has one writer, so its packets must reach
+one rx queue (RSS on the outer addresses keeps an SA on one queue).
 """
 
 from __future__ import annotations
@@ -590,5 +598,27 @@ def sa_events(dp: Dataplane, stage: str) -> list[dict[str, Any]]:
     return out
 
 
-__all__ = ["CIPHERS", "CRYPTO_DEVICES", "Lifetime", "SA", "Selector", "sa_add", "sa_events",
-           "sa_list", "sa_remove"]
+def esp_stages(dp: Dataplane) -> list[str]:
+    """Names of the dataplane's ESP stages (esp_encrypt and esp_decrypt)."""
+    return [st.name for st in dp.pipeline.stages if st.TYPE in ("esp_encrypt", "esp_decrypt")]
+
+
+def state(dp: Dataplane) -> dict[str, list[dict[str, Any]]]:
+    """:func:`sa_list` of every ESP stage, by stage name (what ``pydp tunnel show``
+    reads over the control socket as command ``sas``)."""
+    return {name: sa_list(dp, name) for name in esp_stages(dp)}
+
+
+def redact_keys(doc: Any) -> Any:
+    """A copy of pipeline data (``Pipeline.to_dict()``) with every SA key
+    replaced by ``<hidden>``: for anything shown outside the file itself."""
+    if isinstance(doc, dict):
+        return {k: ("<hidden>" if k == "key" and "spi" in doc else redact_keys(v))
+                for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [redact_keys(x) for x in doc]
+    return doc
+
+
+__all__ = ["CIPHERS", "CRYPTO_DEVICES", "Lifetime", "SA", "Selector", "esp_stages",
+           "redact_keys", "sa_add", "sa_events", "sa_list", "sa_remove", "state"]

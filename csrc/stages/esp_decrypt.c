@@ -236,7 +236,7 @@ static void dec_group(struct pd_stage *st, struct pd_worker *w,
 		struct rte_mbuf *m = mb[i];
 		struct pd_meta *md = pd_meta(m);
 		const uint16_t in_port = md->in_port;
-		const uint8_t *src, *dst;
+		uint32_t a[4], b[4];
 		uint16_t sp, dp;
 		uint8_t fam, *d;
 
@@ -260,9 +260,9 @@ static void dec_group(struct pd_stage *st, struct pd_worker *w,
 			continue;
 		}
 		md->in_port = in_port;
-		esp_pkt_tuple(d, md, &fam, &src, &dst, &sp, &dp);
-		if (unlikely(!esp_sel_match(sa->sel, sa->n_sel, fam, src, dst,
-					    md->l4_proto, sp, dp))) {
+		fam = esp_pkt_tuple(d, md, a, b, &sp, &dp);
+		if (unlikely(esp_sel_find(sa->sel, sa->n_sel, fam, a, b, md->l4_proto,
+					  sp, dp, sizeof(sa->sel[0])) < 0)) {
 			dec_drop(st, w, sa, DEC_SELECTOR, ESP_SD_SELECTOR, m);
 			continue;
 		}
@@ -298,15 +298,17 @@ static void dec_process(struct pd_stage *st, struct pd_worker *w,
 		int s;
 
 		idx[i] = -1;
+		/* a fragment (first ones too: no reassembly here) is not ESP */
 		if (unlikely((md->l3 != PD_L3_IPV4 && md->l3 != PD_L3_IPV6) ||
 			     md->l4_proto != IPPROTO_ESP || md->l4_off == 0 ||
 			     (md->flags & PD_META_FRAG) ||
+			     (md->l3 == PD_L3_IPV4 && (pd_rd16(l3 + 6) & 0x3fff)) ||
 			     rte_pktmbuf_data_len(m) < md->l4_off + 8u)) {
 			pd_drop(w, st, DEC_NOT_ESP, m);
 			continue;
 		}
 		/* Ethernet padding is not ESP: cut to the IP length */
-		iplen = md->l3 == PD_L3_IPV4 ? pd_rd16(l3 + 2) : 40u + pd_rd16(l3 + 4);
+		iplen = esp_ip_len(d, md);
 		if (rte_pktmbuf_pkt_len(m) > md->l3_off + iplen)
 			rte_pktmbuf_trim(m, (uint16_t)(rte_pktmbuf_pkt_len(m) -
 						       md->l3_off - iplen));

@@ -163,25 +163,28 @@ static void enc_process(struct pd_stage *st, struct pd_worker *w,
 		struct rte_mbuf *m = pkts[i];
 		const struct pd_meta *md = pd_meta(m);
 		const uint8_t *d = rte_pktmbuf_mtod(m, const uint8_t *);
-		const uint8_t *src, *dst;
+		uint32_t a[4], b[4], iplen;
 		uint16_t sp, dp;
 		uint8_t fam;
-		unsigned e;
+		int e;
 
 		idx[i] = -1;
 		if (unlikely(md->l3 != PD_L3_IPV4 && md->l3 != PD_L3_IPV6)) {
 			pd_drop(w, st, ENC_NOT_IP, m);
 			continue;
 		}
-		esp_pkt_tuple(d, md, &fam, &src, &dst, &sp, &dp);
-		for (e = 0; t && e < t->n_spd; e++)
-			if (esp_sel_match(&t->spd[e].sel, 1, fam, src, dst, md->l4_proto,
-					  sp, dp))
-				break;
-		if (unlikely(!t || e == t->n_spd)) {
+		fam = esp_pkt_tuple(d, md, a, b, &sp, &dp);
+		e = t ? esp_sel_find(&t->spd[0].sel, t->n_spd, fam, a, b, md->l4_proto,
+				     sp, dp, sizeof(t->spd[0])) : -1;
+		if (unlikely(e < 0)) {
 			pd_drop(w, st, ENC_NO_SA, m);
 			continue;
 		}
+		/* Ethernet padding is not the packet: protect the IP length only */
+		iplen = esp_ip_len(d, md);
+		if (unlikely(rte_pktmbuf_pkt_len(m) > md->l3_off + iplen))
+			rte_pktmbuf_trim(m, (uint16_t)(rte_pktmbuf_pkt_len(m) - md->l3_off -
+						       iplen));
 		sa_of[i] = t->spd[e].sa;
 		idx[i] = 0;
 	}

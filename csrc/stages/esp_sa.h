@@ -138,20 +138,16 @@ static inline void esp_sa_drop(struct esp_sa *sa, unsigned r, uint64_t n)
 	__atomic_fetch_add(&sa->drops[r], n, __ATOMIC_RELAXED);
 }
 
-/* Does an inner packet (addresses at l3, ports from its L4 header) match
- * one of n selectors? */
-static inline bool esp_sel_match(const struct esp_sel *s, unsigned n,
-				 uint8_t family, const uint8_t *src,
-				 const uint8_t *dst, uint8_t proto,
-				 uint16_t sport, uint16_t dport)
+/* The first of n selectors an inner packet matches (addresses as 32-bit
+ * words in network order, a[0] alone for IPv4), or -1. */
+static inline int esp_sel_find(const struct esp_sel *s, unsigned n, uint8_t family,
+			       const uint32_t *a, const uint32_t *b, uint8_t proto,
+			       uint16_t sport, uint16_t dport, size_t stride)
 {
 	const unsigned nw = family == 4 ? 1 : 4;
-	uint32_t a[4], b[4];
 	unsigned i, k;
 
-	memcpy(a, src, nw * 4);
-	memcpy(b, dst, nw * 4);
-	for (i = 0; i < n; i++, s++) {
+	for (i = 0; i < n; i++, s = (const struct esp_sel *)((const char *)s + stride)) {
 		bool ok = s->family == family && (s->proto == 0 || s->proto == proto) &&
 			sport >= s->sport_lo && sport <= s->sport_hi &&
 			dport >= s->dport_lo && dport <= s->dport_hi;
@@ -160,27 +156,29 @@ static inline bool esp_sel_match(const struct esp_sel *s, unsigned n,
 			ok = (a[k] & s->smask[k]) == s->src[k] &&
 				(b[k] & s->dmask[k]) == s->dst[k];
 		if (ok)
-			return true;
+			return (int)i;
 	}
-	return false;
+	return -1;
 }
 
-/* The 5-tuple fields of a parsed packet for selector matching. */
-static inline void esp_pkt_tuple(const uint8_t *d, const struct pd_meta *m,
-				 uint8_t *family, const uint8_t **src,
-				 const uint8_t **dst, uint16_t *sport,
-				 uint16_t *dport)
+/* The 5-tuple fields of a parsed packet for selector matching: the
+ * addresses copied into words (any alignment), ports 0 unless TCP, UDP or
+ * SCTP with its header. */
+static inline uint8_t esp_pkt_tuple(const uint8_t *d, const struct pd_meta *m,
+				    uint32_t *a, uint32_t *b, uint16_t *sport,
+				    uint16_t *dport)
 {
 	const uint8_t *l3 = d + m->l3_off;
+	uint8_t family;
 
 	if (m->l3 == PD_L3_IPV4) {
-		*family = 4;
-		*src = l3 + 12;
-		*dst = l3 + 16;
+		family = 4;
+		memcpy(a, l3 + 12, 4);
+		memcpy(b, l3 + 16, 4);
 	} else {
-		*family = 6;
-		*src = l3 + 8;
-		*dst = l3 + 24;
+		family = 6;
+		memcpy(a, l3 + 8, 16);
+		memcpy(b, l3 + 24, 16);
 	}
 	*sport = *dport = 0;
 	if (m->l4_off && !(m->flags & PD_META_FRAG) &&
@@ -189,6 +187,15 @@ static inline void esp_pkt_tuple(const uint8_t *d, const struct pd_meta *m,
 		*sport = pd_rd16(d + m->l4_off);
 		*dport = pd_rd16(d + m->l4_off + 2);
 	}
+	return family;
+}
+
+/* The IP length of a parsed packet from its header (IPv6: 40 + payload). */
+static inline uint32_t esp_ip_len(const uint8_t *d, const struct pd_meta *m)
+{
+	const uint8_t *l3 = d + m->l3_off;
+
+	return m->l3 == PD_L3_IPV4 ? pd_rd16(l3 + 2) : 40u + pd_rd16(l3 + 4);
 }
 
 /* Prepare + crypto for n packets of one SA; the good ones come first, in
