@@ -227,3 +227,26 @@ def test_sequence_nearing_exhaustion_rekeys(eal, ring_name, tmp_path, monkeypatc
         ev = " ".join(owner.show()["events"])
         assert "data path: seq-nearing-exhaustion" in ev, ev
         assert first[0] not in [s["spi"] for s in a.sa_list("esp_out")]
+
+
+def test_every_python_copy_of_a_removed_key_is_zeroed(eal, ring_name, tmp_path, monkeypatch):
+    import pydp.tunnel.manager as mgr_mod
+    orig, made = mgr_mod.make_sa, []
+
+    def record(sink, sa):
+        obj = orig(sink, sa)
+        made.append((sa, obj))  # the manager's KeyMaterial and the pydp.esp.SA copy
+        return obj
+    monkeypatch.setattr(mgr_mod, "make_sa", record)
+    with two_nodes(eal, ring_name, tmp_path, grace=0.2) as (pki, dps, mgrs):
+        first = list(made)
+        assert len(first) == 4 and all(any(o.key) for _, o in first)
+        mgrs[0].rekey("n2")
+        wait(lambda: all(len(m.tunnels[p].gens) == 1 and m.tunnels[p].rekeys == 1
+                         for m, p in ((mgrs[0], "n2"), (mgrs[1], "n1"))), what="rekey done")
+        for sa, obj in first:  # the old generation: removed from the data path, zeroed here
+            assert sa.key.wiped and not any(obj.key), obj.spi
+        live = made[4:]
+        assert live and all(any(o.key) for _, o in live)
+    for sa, obj in made:  # close() removed the rest
+        assert sa.key.wiped and not any(obj.key)
