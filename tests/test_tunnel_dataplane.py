@@ -20,6 +20,7 @@ from tunnel_util import Pki, free_udp_port
 
 from pydp import Dataplane, Pipeline
 from pydp.stages import EspDecrypt, EspEncrypt, Forward, Parse
+from pydp.tunnel.config import TunnelConfig
 from pydp.tunnel.manager import TunnelManager
 
 SCAPY_ALGO = {"aes-gcm-128": "AES-GCM", "aes-gcm-256": "AES-GCM",
@@ -250,3 +251,38 @@ def test_every_python_copy_of_a_removed_key_is_zeroed(eal, ring_name, tmp_path, 
         assert live and all(any(o.key) for _, o in live)
     for sa, obj in made:  # close() removed the rest
         assert sa.key.wiped and not any(obj.key)
+
+
+def test_ipv6_inside_and_outside(eal, ring_name, tmp_path):
+    from scapy.layers.inet6 import IPv6
+    pki = Pki(tmp_path, nodes=("n1", "n2"))
+    p1, p2 = free_udp_port(), free_udp_port()
+
+    def cfg(me, other, pm, po, i, j):
+        crt, key = pki.paths(me)
+        return TunnelConfig.from_dict({
+            "cert": str(crt), "key": str(key), "ca": str(tmp_path / "ca" / "ca.crt"),
+            "listen": f"127.0.0.1:{pm}", "address": f"2001:db8::{i}",
+            "subnets": [f"fd00:{i}::/64"], "ciphers": ["chacha20-poly1305"],
+            "peers": [{"node": other, "endpoint": f"127.0.0.1:{po}",
+                       "address": f"2001:db8::{j}", "subnets": [f"fd00:{j}::/64"]}]})
+    dps = [Dataplane(gateway(), {"inside": ring_name(), "outside": ring_name()},
+                     workers=[lc]) for lc in eal.workers[:2]]
+    try:
+        for dp in dps:
+            dp.start()
+        with TunnelManager(cfg("n1", "n2", p1, p2, 1, 2), dps[0]) as m1, \
+                TunnelManager(cfg("n2", "n1", p2, p1, 2, 1), dps[1]) as m2:
+            m1.start()
+            m2.start()
+            assert m1.wait_up(timeout=15) and m2.wait_up(timeout=15)
+            pkts = [Ether(dst="02:00:00:00:77:fe") / IPv6(src="fd00:1::5", dst="fd00:2::7")
+                    / UDP(sport=1, dport=2) / Raw(b"id=%06d" % i) for i in range(10)]
+            esp, inner = carry(dps, pkts)
+            assert {p[IPv6].dst for p in esp} == {"2001:db8::2"} and all(p.haslayer(ESP)
+                                                                        for p in esp)
+            assert [bytes(p[Raw].load) for p in inner] == [b"id=%06d" % i for i in range(10)]
+            assert m1.show()["tunnels"][0]["sas"][0]["cipher"] == "chacha20-poly1305"
+    finally:
+        for dp in dps:
+            dp.close()
