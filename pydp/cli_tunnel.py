@@ -82,6 +82,19 @@ def ca_revoke(directory: str, node: str | None, serial: str | None) -> None:
         click.echo(f"{what}: already revoked; CRL {c.dir / 'crl.pem'}")
 
 
+@ca.command("crl")
+@click.argument("directory", metavar="DIR")
+@click.option("--days", type=int, default=7, show_default=True,
+              help="Until its nextUpdate.")
+def ca_crl(directory: str, days: int) -> None:
+    """Re-issue DIR/crl.pem before its nextUpdate (nodes re-read it when it changes)."""
+    from .tunnel.ca import MeshCA
+    c = MeshCA(directory)
+    p = c.refresh_crl(days)
+    click.echo(f"CRL {p}: {sum(1 for r in c.issued().values() if r.get('revoked'))} revoked, "
+               f"valid {days} days")
+
+
 @tunnel.command("check")
 @click.argument("config", metavar="CONFIG.yaml")
 def check(config: str) -> None:

@@ -163,3 +163,14 @@ def test_identity_key_must_match_certificate(pki):
                                        serialization.PrivateFormat.Raw,
                                        serialization.NoEncryption())
     assert raw not in repr(pki.identity("n2")).encode()
+
+
+def test_crl_refresh_and_staleness(pki):
+    trust = pki.trust()
+    assert not trust.crl_stale()
+    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=8)
+    assert trust.crl_stale(now=later)  # issued for 7 days
+    pki.ca.revoke("n3")
+    pki.ca.refresh_crl(days=30)
+    assert trust.reload() and not trust.crl_stale(now=later)
+    assert pki.identity("n3").cert.serial_number in trust.revoked_serials()  # kept

@@ -297,6 +297,13 @@ class MeshCA:
         self._write_crl()
         return new
 
+    def refresh_crl(self, days: int = 7) -> Path:
+        """Re-issue the CRL (same revocations, next number, new nextUpdate); its path."""
+        if days < 1:
+            raise ConfigError(f"--days {days}: must be at least 1", key="days")
+        self._write_crl(days)
+        return self.dir / "crl.pem"
+
     def _write_crl(self, days: int = 7) -> None:
         now = _now()
         number = 1
@@ -399,6 +406,15 @@ class TrustStore:
             raise ConfigError("CRL is not signed by the mesh CA", file=self.crl_path)
         self.crl, self._crl_mtime = crl, mtime
         return True
+
+    def crl_next_update(self) -> dt.datetime | None:
+        """When the current CRL says a newer one is due (None without a CRL)."""
+        return self.crl.next_update_utc if self.crl is not None else None
+
+    def crl_stale(self, now: dt.datetime | None = None) -> bool:
+        """True when the CRL is past its nextUpdate (re-issue it: ``pydp tunnel ca crl``)."""
+        nu = self.crl_next_update()
+        return nu is not None and (now or _now()) > nu
 
     def revoked_serials(self) -> set[int]:
         """Serial numbers the current CRL lists."""

@@ -182,6 +182,7 @@ class TunnelManager:
         self.events: deque[str] = deque(maxlen=64)
         self.rotations = 0
         self.identity_error: str | None = None
+        self._crl_warned = False
         fam = socket.AF_INET6 if ":" in config.listen[0] else socket.AF_INET
         self.sock = socket.socket(fam, socket.SOCK_DGRAM)
         try:
@@ -328,6 +329,9 @@ class TunnelManager:
                     "rotations": self.rotations, "deny": sorted(self.trust.deny),
                     "identity_error": self.identity_error,
                     "revoked_serials": len(self.trust.revoked_serials()),
+                    "crl_next_update": (self.trust.crl_next_update().isoformat()
+                                        if self.trust.crl is not None else None),
+                    "crl_stale": self.trust.crl_stale(),
                     "tunnels": tunnels, "events": list(self.events)[-20:]}
 
     # -- internals ---------------------------------------------------------------------
@@ -584,6 +588,12 @@ class TunnelManager:
         """Verify every generation's peer certificate again; tear down refused ones."""
         self._last_recheck = self.clock()
         down = []
+        stale = self.trust.crl_stale()
+        if stale and not self._crl_warned:
+            self._note(f"CRL {self.trust.crl_path} is stale (nextUpdate "
+                       f"{self.trust.crl_next_update().isoformat()}): re-issue it with "
+                       "`pydp tunnel ca crl`; peers are still checked against it")
+        self._crl_warned = stale
         try:
             self.trust.verify(self.me.cert, expect=self.me.node)
             self.identity_error = None

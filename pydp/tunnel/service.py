@@ -30,6 +30,9 @@ def format_show(doc: dict[str, Any]) -> str:
              f"{doc['stages']['decrypt']}; rotations {doc['rotations']}"]
     if doc.get("identity_error"):
         lines.append(f"  OUT OF THE MESH: {doc['identity_error']}")
+    if doc.get("crl_stale"):
+        lines.append(f"  CRL STALE since {doc['crl_next_update']}: re-issue it "
+                     "(pydp tunnel ca crl)")
     if doc.get("deny"):
         lines.append(f"  deny list: {', '.join(doc['deny'])}")
     for t in doc["tunnels"]:
