@@ -121,7 +121,7 @@ def test_two_nodes_show_and_deny_through_the_control_socket(tmp_path):
         assert all("key" not in s for s in doc["tunnels"][0]["sas"])
         text = pydp("tunnel", "show", "--control", str(s1))
         assert text.returncode == 0 and "peer n2: up" in text.stdout
-        assert "out spi 0x" in text.stdout and "soft/hard: seconds 480/600" in text.stdout
+        assert "out IPv4 spi 0x" in text.stdout and "soft/hard: seconds 480/600" in text.stdout
         r = pydp("tunnel", "rekey", "--control", str(s1))
         assert r.returncode == 0 and "rekeying with n2" in r.stdout
         r = pydp("tunnel", "deny", "n2", "--control", str(s1))

@@ -22,15 +22,16 @@ def pki(tmp_path_factory):
 
 
 def run(pki, a="n1", b="n2", ini_id=None, resp_id=None, expect=None, ciphers=None,
-        resp_ciphers=None, peers=None, tamper=None):
+        resp_ciphers=None, peers=None, tamper=None, fams=(4,), resp_fams=(4,)):
     """Run a whole handshake in memory; ``tamper(stage, msg_bytes) -> bytes``."""
     t = tamper or (lambda stage, m: m)
     ini = hs.Initiator(ini_id or pki.identity(a), pki.trust(), expect or b,
-                       ciphers or list(hs.CIPHERS), LIFE)
+                       ciphers or list(hs.CIPHERS), LIFE, families=list(fams))
     m1 = t("init", ini.m1)
     r = hs.Responder(resp_id or pki.identity(b), pki.trust(), hs.decode(m1), m1,
                      peers if peers is not None else {a}, resp_ciphers or list(hs.CIPHERS),
-                     hs.Lifetime.from_hard(30), hs.ReplayCache())
+                     hs.Lifetime.from_hard(30), hs.ReplayCache(),
+                     families=lambda node: list(resp_fams))
     m3, ki = ini.on_resp(hs.decode(t("resp", r.m2)))
     m4, kr = r.on_fin(hs.decode(t("fin", m3)))
     ini.on_ack(hs.decode(t("ack", m4)))
@@ -232,3 +233,22 @@ def test_mutated_messages_are_refused_never_crash(pki):
             except PeerRefused:
                 outcomes.add("refused")
     assert "refused" in outcomes
+
+
+def test_one_sa_pair_per_common_inner_family(pki):
+    ki, kr = run(pki, fams=(4, 6), resp_fams=(4, 6))
+    assert [p.family for p in ki.pairs] == [4, 6] == [p.family for p in kr.pairs]
+    for a, b in zip(ki.pairs, kr.pairs):
+        assert a.spi_out == b.spi_in and a.spi_in == b.spi_out
+        assert a.key_out == b.key_in and a.key_in == b.key_out
+    spis = [x for p in ki.pairs for x in (p.spi_out, p.spi_in)]
+    assert len(set(spis)) == 4
+    assert ki.pairs[0].key_out != ki.pairs[1].key_out
+    ki, _ = run(pki, fams=(4, 6), resp_fams=(6,))
+    assert [p.family for p in ki.pairs] == [6]
+    with pytest.raises(PeerRefused, match="no common inner address family"):
+        run(pki, fams=(4,), resp_fams=(6,))
+    # a man in the middle cannot strip a family: the resp signs over H(init)
+    with pytest.raises(PeerRefused, match="transcript tampered"):
+        run(pki, fams=(4, 6), resp_fams=(4, 6),
+            tamper=lambda s, m: _edit(m, lambda o: o.update(fams=[4])) if s == "init" else m)

@@ -280,3 +280,10 @@ def test_lost_acks_keep_the_new_inbound_sa_until_the_next_rekey(pair, monkeypatc
     wait(lambda: pair.gens() == (1, 1) and pair.m1.tunnels["n2"].rekeys >= 1,
          what="clean rekey")
     assert new_out_n2 not in pair.s1.spis(DEC)
+
+
+def test_config_needs_a_common_family_with_each_peer(pki):
+    from pydp.errors import ConfigError
+    with pytest.raises(ConfigError, match="peer n2: its subnets and this node's have no "
+                       "address family in common"):
+        pki.config("n1", 1, {"n2": 2}, subnets=["fd00:1::/64"])

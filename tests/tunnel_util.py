@@ -34,14 +34,20 @@ class Pki:
     def trust(self) -> TrustStore:
         return TrustStore(self.root / "ca" / "ca.crt", self.root / "ca" / "crl.pem")
 
-    def config(self, node: str, port: int, peers: dict[str, int], **extra) -> TunnelConfig:
-        """A config for ``node`` on 127.0.0.1:port with ``peers`` {node: port}."""
+    def config(self, node: str, port: int, peers: dict[str, int], dual: bool = False,
+               **extra) -> TunnelConfig:
+        """A config for ``node`` on 127.0.0.1:port with ``peers`` {node: port}.
+
+        ``dual``: IPv6 subnets (fd00:N::/64) next to the IPv4 ones (10.N.0.0/24).
+        """
         idx = lambda n: int(n[1:])  # noqa: E731 - n1 -> 1
+        nets = lambda n: [f"10.{idx(n)}.0.0/24"] + ([f"fd00:{idx(n)}::/64"]  # noqa: E731
+                                                    if dual else [])
         crt, key = self.paths(node)
         d = {"cert": str(crt), "key": str(key), "ca": str(self.root / "ca" / "ca.crt"),
              "crl": str(self.root / "ca" / "crl.pem"), "listen": f"127.0.0.1:{port}",
-             "address": f"192.0.2.{idx(node)}", "subnets": [f"10.{idx(node)}.0.0/24"],
+             "address": f"192.0.2.{idx(node)}", "subnets": nets(node),
              "peers": [{"node": p, "endpoint": f"127.0.0.1:{pp}", "address": f"192.0.2.{idx(p)}",
-                        "subnets": [f"10.{idx(p)}.0.0/24"]} for p, pp in peers.items()]}
+                        "subnets": nets(p)} for p, pp in peers.items()]}
         d.update(extra)
         return TunnelConfig.from_dict(d, f"<{node}>")

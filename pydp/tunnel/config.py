@@ -10,7 +10,8 @@
     deny: []                         # node ids refused whatever their certificate
     listen: 127.0.0.1:7401           # handshake UDP (control path, not the ESP wire)
     address: 192.168.77.1            # this node's outer (tunnel) address
-    subnets: [10.77.1.0/24]          # inner networks behind this node
+    subnets: [10.77.1.0/24]          # inner networks behind this node (IPv4 and/or IPv6:
+                                     # one SA pair per family both sides have)
     ciphers: [aes-gcm-128, aes-gcm-256, chacha20-poly1305]   # preference order
     lifetime: {seconds: 3600, bytes: 0, packets: 0, soft: 0.8}
     grace: 2.0                       # seconds the old SAs stay after a rekey
@@ -154,11 +155,11 @@ class TunnelConfig:
                                     addr(p["address"], "address", p),
                                     nets(p["subnets"], "subnets", p)))
         mine = nets(d.get("subnets"), "subnets", d)
-        fams = {ipaddress.ip_network(n).version for n in mine + [x for p in peers
-                                                                 for x in p.subnets]}
-        if len(fams) > 1:
-            raise err("IPv4 and IPv6 subnets mixed: a tunnel carries one inner family "
-                      "(one SA pair per peer)", "subnets")
+        my_fams = {ipaddress.ip_network(n).version for n in mine}
+        for i, p in enumerate(peers):
+            if not my_fams & {ipaddress.ip_network(n).version for n in p.subnets}:
+                raise err(f"peer {p.node}: its subnets and this node's have no address family "
+                          "in common (nothing to tunnel)", "subnets", d["peers"][i])
         ciphers = d.get("ciphers", list(CIPHERS))
         if not isinstance(ciphers, list) or not ciphers or \
                 any(c not in CIPHERS for c in ciphers):

@@ -2,8 +2,8 @@
 
 Four UDP datagrams on the control path (``PDT1`` + one JSON object)::
 
-    I -> R  init  sid_i, from, to, ts, nonce_i, X25519 e_i, cert_i, ciphers, lifetime
-    R -> I  resp  body{sid_i, sid_r, from, to, nonce_r, e_r, cert_r, cipher, lifetime,
+    I -> R  init  sid_i, from, to, ts, nonce_i, X25519 e_i, cert_i, ciphers, fams, lifetime
+    R -> I  resp  body{sid_i, sid_r, from, to, nonce_r, e_r, cert_r, cipher, fams, lifetime,
                        H(init)}, sig_r, mac_r
     I -> R  fin   body{sid_i, sid_r, from, to}, sig_i, mac_i
     R -> I  ack   sid_i, sid_r, mac_a
@@ -15,9 +15,10 @@ Four UDP datagrams on the control path (``PDT1`` + one JSON object)::
   ``sig_i = Ed25519_I("pydp-tunnel/1 fin" || TH || H(fin body))``: each side signs
   the transcript with its certificate's key, so a tampered byte anywhere fails.
 - Keys: ``OKM = HKDF-SHA256(ikm = X25519(e_i, e_r), salt = nonce_i || nonce_r,
-  info = "pydp-tunnel/1 keys" || TH || cipher)``, split into the
-  initiator->responder key+salt, the responder->initiator key+salt, the two SPIs
-  (4 bytes each) and a 32-byte confirmation key. Both sides compute the same SPIs;
+  info = "pydp-tunnel/1 keys" || TH || cipher)``, split, for each inner address
+  family agreed in ``fams`` (4, 6; ascending), into the initiator->responder
+  key+salt, the responder->initiator key+salt and the two SPIs (4 bytes each);
+  then a 32-byte confirmation key. Both sides compute the same SPIs;
   ``mac_* = HMAC-SHA256(k_confirm, label || TH ...)`` proves each side holds the keys.
 - Replay: an init older or newer than ``MAX_SKEW`` seconds is refused, and so is an
   init whose (sid_i, nonce_i) was already seen; a resp, fin or ack must match a
@@ -102,27 +103,65 @@ class Lifetime:
 
 
 @dataclass
-class SessionKeys:
-    """What a finished handshake gives one side: both SAs' SPIs and keys, and the peer.
+class SAPair:
+    """The two SAs of one inner address family: SPIs and keys (never shown)."""
 
-    ``key_out``/``key_in`` hold the cipher key followed by the 4-byte salt
-    (RFC 4106 / RFC 7634 keying material). Never shown by ``repr``.
-    """
-
-    peer: str
-    role: str
-    cipher: str
+    family: int
     spi_out: int
     spi_in: int
     key_out: KeyMaterial = field(repr=False)
     key_in: KeyMaterial = field(repr=False)
-    lifetime: Lifetime
-    peer_cert: x509.Certificate = field(repr=False)
 
     def wipe(self) -> None:
         """Zero both keys."""
         self.key_out.wipe()
         self.key_in.wipe()
+
+
+@dataclass
+class SessionKeys:
+    """What a finished handshake gives one side: an SA pair per inner family, and the peer.
+
+    Each key is the cipher key followed by the 4-byte salt (RFC 4106 / RFC 7634
+    keying material). ``spi_out``/``spi_in``/``key_out``/``key_in`` are those of
+    the first pair. Never shown by ``repr``.
+    """
+
+    peer: str
+    role: str
+    cipher: str
+    pairs: list[SAPair]
+    lifetime: Lifetime
+    peer_cert: x509.Certificate = field(repr=False)
+
+    @property
+    def spi_out(self) -> int:
+        """The first pair's outbound SPI."""
+        return self.pairs[0].spi_out
+
+    @property
+    def spi_in(self) -> int:
+        """The first pair's inbound SPI."""
+        return self.pairs[0].spi_in
+
+    @property
+    def key_out(self) -> KeyMaterial:
+        """The first pair's outbound key."""
+        return self.pairs[0].key_out
+
+    @property
+    def key_in(self) -> KeyMaterial:
+        """The first pair's inbound key."""
+        return self.pairs[0].key_in
+
+    def spis_in(self) -> list[int]:
+        """Every inbound SPI."""
+        return [p.spi_in for p in self.pairs]
+
+    def wipe(self) -> None:
+        """Zero every key."""
+        for p in self.pairs:
+            p.wipe()
 
 
 # -- encoding --------------------------------------------------------------------------
@@ -198,24 +237,66 @@ def _spi(b: bytes) -> int:
     return SPI_MIN + int.from_bytes(b, "big") % (2**32 - SPI_MIN)
 
 
-def derive(shared: bytes, nonce_i: bytes, nonce_r: bytes, th: bytes,
-           cipher: str) -> tuple[KeyMaterial, KeyMaterial, int, int, KeyMaterial]:
-    """HKDF the X25519 secret into (key_i2r, key_r2i, spi_i2r, spi_r2i, k_confirm).
+@dataclass
+class Derived:
+    """HKDF output, by inner family: (key_i2r, key_r2i, spi_i2r, spi_r2i); and k_confirm."""
 
-    Each key is the cipher key followed by its 4-byte salt. The caller's
-    ``shared`` is zeroed; so is the HKDF output once split.
+    by_family: dict[int, tuple[KeyMaterial, KeyMaterial, int, int]]
+    confirm: KeyMaterial
+
+    def wipe(self) -> None:
+        """Zero everything."""
+        for a, b, _, _ in self.by_family.values():
+            a.wipe()
+            b.wipe()
+        self.confirm.wipe()
+
+    def spis(self) -> list[int]:
+        """Every SPI, both directions, every family."""
+        return [x for _, _, i, r in self.by_family.values() for x in (i, r)]
+
+    def session(self, peer: str, role: str, cipher: str, life: Lifetime,
+                cert: x509.Certificate) -> SessionKeys:
+        """The SessionKeys of ``role`` (initiator: out = i2r; responder: out = r2i)."""
+        ini = role == "initiator"
+        pairs = [SAPair(f, i if ini else r, r if ini else i, a if ini else b, b if ini else a)
+                 for f, (a, b, i, r) in sorted(self.by_family.items())]
+        return SessionKeys(peer, role, cipher, pairs, life, cert)
+
+
+def derive(shared: bytes, nonce_i: bytes, nonce_r: bytes, th: bytes, cipher: str,
+           families: list[int]) -> Derived:
+    """HKDF the X25519 secret into an SA pair per inner family and a confirmation key.
+
+    Per family (in ascending order): key_i2r+salt, key_r2i+salt, spi_i2r, spi_r2i;
+    then 32 bytes of k_confirm. The caller's ``shared`` is zeroed; so is the HKDF
+    output once split.
     """
     klen = CIPHERS[cipher] + SALT_LEN
-    okm = HKDF(algorithm=hashes.SHA256(), length=2 * klen + 8 + 32, salt=nonce_i + nonce_r,
+    fams = sorted(set(families))
+    per = 2 * klen + 8
+    okm = HKDF(algorithm=hashes.SHA256(), length=len(fams) * per + 32,
+               salt=nonce_i + nonce_r,
                info=b"pydp-tunnel/1 keys" + th + cipher.encode()).derive(shared)
     wipe_bytes(shared)
     km = KeyMaterial(okm, wipe_source=True)
     b = km.buffer()
-    out = (KeyMaterial(b[:klen]), KeyMaterial(b[klen:2 * klen]),
-           _spi(bytes(b[2 * klen:2 * klen + 4])), _spi(bytes(b[2 * klen + 4:2 * klen + 8])),
-           KeyMaterial(b[2 * klen + 8:]))
+    out = {}
+    for n, f in enumerate(fams):
+        o = n * per
+        out[f] = (KeyMaterial(b[o:o + klen]), KeyMaterial(b[o + klen:o + 2 * klen]),
+                  _spi(bytes(b[o + 2 * klen:o + 2 * klen + 4])),
+                  _spi(bytes(b[o + 2 * klen + 4:o + per])))
+    d = Derived(out, KeyMaterial(b[len(fams) * per:]))
     km.wipe()
-    return out
+    return d
+
+
+def _families(v: Any) -> list[int]:
+    if not isinstance(v, list) or not v or any(f not in (4, 6) for f in v) \
+            or len(set(v)) != len(v):
+        raise PeerRefused("malformed message: fams")
+    return sorted(v)
 
 
 def _exchange(priv: x25519.X25519PrivateKey, peer_pub: bytes) -> bytes:
@@ -254,9 +335,13 @@ class Initiator:
 
     def __init__(self, me: NodeIdentity, trust: TrustStore, peer: str,
                  ciphers: list[str], lifetime: Lifetime,
-                 spi_taken: Any = lambda spi: False) -> None:
-        """Prepare a fresh ephemeral key, nonce and session id."""
+                 spi_taken: Any = lambda spi: False, families: list[int] = (4,)) -> None:
+        """Prepare a fresh ephemeral key, nonce and session id.
+
+        ``families``: the inner address families (4, 6) to make SA pairs for.
+        """
         self.me, self.trust, self.peer = me, trust, peer
+        self.families = sorted(set(families))
         self.ciphers = list(ciphers)
         self.lifetime = lifetime
         self.sid = os.urandom(8)
@@ -266,7 +351,7 @@ class Initiator:
         self.m1 = encode({
             "t": "init", "v": 1, "sid": self.sid.hex(), "from": me.node, "to": peer,
             "ts": time.time(), "n": _b64(self._nonce), "e": _b64(_pub(self._eph)),
-            "cert": _b64(me.cert_der()), "ciphers": self.ciphers,
+            "cert": _b64(me.cert_der()), "ciphers": self.ciphers, "fams": self.families,
             "life": lifetime.to_dict()})
         self.m3: bytes | None = None
         self.keys: SessionKeys | None = None
@@ -308,20 +393,22 @@ class Initiator:
             sid_r = bytes.fromhex(str(body.get("sid_r", "")))
         except ValueError:
             raise PeerRefused("malformed message: sid_r") from None
+        fams = _families(body.get("fams"))
+        if any(f not in self.families for f in fams):
+            raise PeerRefused(f"{node} chose families {fams}, we offered {self.families}")
         self._th = _h(self.m1, raw)
         assert self._eph is not None
-        k_i2r, k_r2i, spi_i2r, spi_r2i, confirm = derive(
-            _exchange(self._eph, e_r), self._nonce, n_r, self._th, cipher)
-        if not hmac.compare_digest(_mac(confirm, b"resp", self._th),
+        d = derive(_exchange(self._eph, e_r), self._nonce, n_r, self._th, cipher, fams)
+        if not hmac.compare_digest(_mac(d.confirm, b"resp", self._th),
                                    _unb64(msg.get("mac"), "mac", 32)):
-            for k in (k_i2r, k_r2i, confirm):
-                k.wipe()
+            d.wipe()
             raise PeerRefused(f"bad key confirmation from {node}")
-        if spi_i2r == spi_r2i or self._spi_taken(spi_r2i):
-            for k in (k_i2r, k_r2i, confirm):
-                k.wipe()
+        if len(set(d.spis())) != len(d.spis()) or \
+                any(self._spi_taken(r) for _, _, _, r in d.by_family.values()):
+            d.wipe()
             raise PeerRefused("SPI collision, retry the handshake")
         self._eph = None  # forward secrecy: the ephemeral key is gone
+        confirm = d.confirm
         self._confirm, self.sid_r = confirm, sid_r
         raw3 = json.dumps({"sid_i": self.sid.hex(), "sid_r": sid_r.hex(), "from": self.me.node,
                            "to": self.peer}, sort_keys=True).encode()
@@ -329,8 +416,7 @@ class Initiator:
             "t": "fin", "body": _b64(raw3),
             "sig": _b64(self.me.sign(b"pydp-tunnel/1 fin" + self._th + _h(raw3))),
             "mac": _b64(_mac(confirm, b"fin", self._th, _h(raw3)))})
-        self.keys = SessionKeys(node, "initiator", cipher, spi_i2r, spi_r2i, k_i2r, k_r2i,
-                                life, cert)
+        self.keys = d.session(node, "initiator", cipher, life, cert)
         return self.m3, self.keys
 
     def on_ack(self, msg: dict[str, Any]) -> None:
@@ -355,10 +441,12 @@ class Responder:
 
     def __init__(self, me: NodeIdentity, trust: TrustStore, msg: dict[str, Any], raw: bytes,
                  peers: Any, ciphers: list[str], lifetime: Lifetime, replay: ReplayCache,
-                 spi_taken: Any = lambda spi: False) -> None:
+                 spi_taken: Any = lambda spi: False,
+                 families: Any = lambda node: [4]) -> None:
         """Check an init and prepare the resp (:attr:`m2`); PeerRefused(reason) on refusal.
 
         ``peers``: node id -> truthy when that node may connect (a dict or set).
+        ``families(node)``: the inner families this side carries with that node.
         """
         self.me, self.trust = me, trust
         if msg.get("v") != 1:
@@ -387,6 +475,11 @@ class Responder:
             life = lifetime.agree(Lifetime.from_dict(msg.get("life") or {}, "life"))
         except ValueError as e:
             raise PeerRefused(f"malformed message: {e}") from None
+        mine = families(node)
+        fams = [f for f in _families(msg.get("fams")) if f in mine]
+        if not fams:
+            raise PeerRefused(f"no common inner address family (offered "
+                              f"{msg.get('fams')}, {me.node} carries {mine} for {node})")
         self.peer, self.cipher, self.lifetime = node, cipher, life
         self.peer_cert = x509.load_der_x509_certificate(cert_der)
         self.sid_r = os.urandom(8)
@@ -395,19 +488,18 @@ class Responder:
         raw2 = json.dumps({
             "sid_i": self.sid_i.hex(), "sid_r": self.sid_r.hex(), "from": me.node, "to": node,
             "n": _b64(n_r), "e": _b64(_pub(eph)), "cert": _b64(me.cert_der()),
-            "cipher": cipher, "life": life.to_dict(), "h1": _b64(_h(raw))},
+            "cipher": cipher, "fams": fams, "life": life.to_dict(), "h1": _b64(_h(raw))},
             sort_keys=True).encode()
         self._th = _h(raw, raw2)
-        k_i2r, k_r2i, spi_i2r, spi_r2i, confirm = derive(_exchange(eph, e_i), n_i, n_r,
-                                                         self._th, cipher)
+        d = derive(_exchange(eph, e_i), n_i, n_r, self._th, cipher, fams)
         del eph
-        if spi_i2r == spi_r2i or spi_taken(spi_i2r):
-            for k in (k_i2r, k_r2i, confirm):
-                k.wipe()
+        if len(set(d.spis())) != len(d.spis()) or \
+                any(spi_taken(i) for _, _, i, _ in d.by_family.values()):
+            d.wipe()
             raise PeerRefused("SPI collision, retry the handshake")
+        confirm = d.confirm
         self._confirm = confirm
-        self._keys = SessionKeys(node, "responder", cipher, spi_r2i, spi_i2r, k_r2i, k_i2r,
-                                 life, self.peer_cert)
+        self._keys = d.session(node, "responder", cipher, life, self.peer_cert)
         self.m2 = encode({
             "t": "resp", "body": _b64(raw2),
             "sig": _b64(me.sign(b"pydp-tunnel/1 resp" + _h(raw) + _h(raw2))),

@@ -38,6 +38,7 @@ handshakes are refused with the reason.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import select
@@ -46,7 +47,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError, InvalidArgument, PydpError
@@ -110,18 +111,31 @@ def hard_expired(age: float, packets: int, nbytes: int, life: hs.Lifetime) -> st
 
 @dataclass
 class Generation:
-    """One handshake's pair of SAs with a peer."""
+    """One handshake's SAs with a peer: an outbound and an inbound SA per inner family."""
 
     keys: hs.SessionKeys
     born: float
-    in_installed: bool = False
-    out_installed: bool = False
+    installed: list[tuple[str, int]] = field(default_factory=list)  # (direction, spi)
     retire_at: float | None = None
     rekeying: bool = False
 
+    @property
+    def in_installed(self) -> bool:
+        """True once any inbound SA of this generation is in the data path."""
+        return any(d == "in" for d, _ in self.installed)
+
+    @property
+    def out_installed(self) -> bool:
+        """True once the outbound SAs are in the data path (traffic uses them)."""
+        return any(d == "out" for d, _ in self.installed)
+
+    def spis(self, direction: str) -> list[int]:
+        """This generation's SPIs of one direction."""
+        return [p.spi_out if direction == "out" else p.spi_in for p in self.keys.pairs]
+
     def __repr__(self) -> str:
-        return (f"Generation(peer={self.keys.peer}, out={self.keys.spi_out:#x}, "
-                f"in={self.keys.spi_in:#x}, role={self.keys.role})")
+        return (f"Generation(peer={self.keys.peer}, out={self.spis('out')}, "
+                f"in={self.spis('in')}, role={self.keys.role})")
 
 
 class Tunnel:
@@ -298,13 +312,12 @@ class TunnelManager:
                 sas = []
                 for g in t.gens:
                     k = g.keys
-                    for direction, spi, installed in (("out", k.spi_out, g.out_installed),
-                                                      ("in", k.spi_in, g.in_installed)):
-                        if not installed:
-                            continue
+                    fam = {x: p.family for p in k.pairs for x in (p.spi_out, p.spi_in)}
+                    for direction, spi in g.installed:
                         c = counters.get((direction, spi), {})
                         sas.append({
                             "direction": direction, "spi": f"{spi:#010x}", "cipher": k.cipher,
+                            "family": fam[spi],
                             "role": k.role, "age_s": round(now - g.born, 3),
                             "packets": int(c.get("packets", 0)), "bytes": int(c.get("bytes", 0)),
                             "lifetime": k.lifetime.to_dict(),
@@ -355,9 +368,9 @@ class TunnelManager:
     def _spi_taken(self, spi: int) -> bool:
         for t in self.tunnels.values():
             for g in t.gens + ([t.init_gen] if t.init_gen else []):
-                if g.keys.spi_in == spi:
+                if spi in g.keys.spis_in():
                     return True
-        return any(r._keys.spi_in == spi for r, *_ in self._resp.values())
+        return any(spi in r._keys.spis_in() for r, *_ in self._resp.values())
 
     def _on_datagram(self, data: bytes, addr: Any) -> None:
         try:
@@ -396,7 +409,8 @@ class TunnelManager:
         if t is not None and t.init is not None and t.init.m3 is None and self.me.node < peer:
             return  # both started at once: our init wins, theirs is dropped
         r = hs.Responder(self.me, self.trust, msg, raw, self.tunnels, self.cfg.ciphers,
-                         self.cfg.lifetime, self.replay, self._spi_taken)
+                         self.cfg.lifetime, self.replay, self._spi_taken,
+                         lambda node: self.families(self.tunnels[node].peer))
         t = self.tunnels[r.peer]
         if t.init is not None and t.init.m3 is None:
             self._abort_init(t)  # theirs wins (their id is smaller)
@@ -484,26 +498,36 @@ class TunnelManager:
             t.state, t.since = "up", now
         t.last_error = None
         self._note(f"{'rekeyed' if rekey else 'up'} with {t.peer.node} as {role}: "
-                   f"out {g.keys.spi_out:#x} in {g.keys.spi_in:#x} {g.keys.cipher}")
+                   + ", ".join(f"IPv{p.family} out {p.spi_out:#x} in {p.spi_in:#x}"
+                               for p in g.keys.pairs) + f" {g.keys.cipher}")
 
-    def _selectors(self, src: list[str], dst: list[str]) -> list[dict[str, Any]]:
-        return [{"src": s, "dst": d} for s in src for d in dst]
+    def families(self, peer: PeerConfig) -> list[int]:
+        """The inner families this node carries with ``peer``: both sides have subnets of it."""
+        mine = {_family(n) for n in self.cfg.subnets}
+        return sorted(mine & {_family(n) for n in peer.subnets})
+
+    def _selectors(self, src: list[str], dst: list[str], family: int) -> list[dict[str, Any]]:
+        return [{"src": s, "dst": d} for s in src for d in dst
+                if _family(s) == family and _family(d) == family]
 
     def _install(self, t: Tunnel, g: Generation, direction: str) -> None:
+        """Install every SA of one direction of ``g`` (inbound: the peer's traffic to us)."""
         k = g.keys
         life = data_path_lifetime(k.role, k.lifetime)
-        if direction == "in":
-            sa = TunnelSA(k.spi_in, "in", k.cipher, k.key_in, t.peer.address, self.cfg.address,
-                          self._selectors(t.peer.subnets, self.cfg.subnets), life,
-                          self.cfg.replay_window, self.cfg.esn)
-            self._add(self.dec, sa)
-            g.in_installed = True
-        else:
-            sa = TunnelSA(k.spi_out, "out", k.cipher, k.key_out, self.cfg.address,
-                          t.peer.address, self._selectors(self.cfg.subnets, t.peer.subnets),
-                          life, self.cfg.replay_window, self.cfg.esn)
-            self._add(self.enc, sa)
-            g.out_installed = True
+        for p in k.pairs:
+            if direction == "in":
+                sa = TunnelSA(p.spi_in, "in", k.cipher, p.key_in, t.peer.address,
+                              self.cfg.address,
+                              self._selectors(t.peer.subnets, self.cfg.subnets, p.family),
+                              life, self.cfg.replay_window, self.cfg.esn)
+                self._add(self.dec, sa)
+            else:
+                sa = TunnelSA(p.spi_out, "out", k.cipher, p.key_out, self.cfg.address,
+                              t.peer.address,
+                              self._selectors(self.cfg.subnets, t.peer.subnets, p.family),
+                              life, self.cfg.replay_window, self.cfg.esn)
+                self._add(self.enc, sa)
+            g.installed.append((direction, sa.spi))
 
     def _add(self, stage: str, sa: TunnelSA) -> None:
         obj = make_sa(self.sink, sa)
@@ -517,21 +541,19 @@ class TunnelManager:
 
     def _remove_gen(self, t: Tunnel, g: Generation) -> None:
         """Remove a generation's SAs (outbound first) and wipe its keys."""
-        for flag, stage, spi in (("out_installed", self.enc, g.keys.spi_out),
-                                 ("in_installed", self.dec, g.keys.spi_in)):
-            if getattr(g, flag):
-                try:
-                    self.sink.sa_remove(stage, spi)
-                except PydpError as e:
-                    self._note(f"removing SA {spi:#x}: {e}")
-                setattr(g, flag, False)
+        for direction, spi in sorted(g.installed, key=lambda x: x[0] != "out"):
+            try:
+                self.sink.sa_remove(self.enc if direction == "out" else self.dec, spi)
+            except PydpError as e:
+                self._note(f"removing SA {spi:#x}: {e}")
+        g.installed.clear()
         g.keys.wipe()
         if g in t.gens:
             t.gens.remove(g)
 
     def _start_init(self, t: Tunnel, why: str) -> None:
         t.init = hs.Initiator(self.me, self.trust, t.peer.node, self.cfg.ciphers,
-                              self.cfg.lifetime, self._spi_taken)
+                              self.cfg.lifetime, self._spi_taken, self.families(t.peer))
         t.init_gen, t.init_why = None, why
         t.init_tries, t.init_sent = 1, self.clock()
         if t.state == "down" or t.state == "refused":
@@ -694,16 +716,15 @@ class TunnelManager:
             # lifetimes and events of the live generations
             for g in list(t.gens):
                 k = g.keys
-                co = counters.get(("out", k.spi_out), {})
-                ci = counters.get(("in", k.spi_in), {})
-                pk = max(int(co.get("packets", 0)), int(ci.get("packets", 0)))
-                by = max(int(co.get("bytes", 0)), int(ci.get("bytes", 0)))
+                cs = [counters.get(x, {}) for x in g.installed]
+                pk = max([int(c.get("packets", 0)) for c in cs] or [0])
+                by = max([int(c.get("bytes", 0)) for c in cs] or [0])
                 age = now - g.born
-                ev = events.get(k.spi_out) or events.get(k.spi_in)
+                ev = next((events[spi] for _, spi in g.installed if spi in events), None)
                 hard = hard_expired(age, pk, by, k.lifetime) or (
                     ev if ev in HARD_EVENTS else None)
                 if hard:
-                    self._note(f"SA pair {k.spi_out:#x}/{k.spi_in:#x} with {t.peer.node} "
+                    self._note(f"SAs {g.spis('out')}/{g.spis('in')} with {t.peer.node} "
                                f"reached its hard {hard} lifetime")
                     self._remove_gen(t, g)
                     continue
@@ -727,6 +748,10 @@ class TunnelManager:
             if now - born >= RESP_KEEP:
                 r.close()
                 del self._resp[sid]
+
+
+def _family(net: str) -> int:
+    return ipaddress.ip_network(net).version
 
 
 def _mtime(path: str) -> int | None:

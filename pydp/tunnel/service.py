@@ -46,7 +46,8 @@ def format_show(doc: dict[str, Any]) -> str:
             lt = s["lifetime"]
             limits = ", ".join(f"{k} {lt['soft_' + k]:g}/{lt['hard_' + k]:g}"
                                for k in ("seconds", "bytes", "packets") if lt["hard_" + k])
-            lines.append(f"  {s['direction']:<3} spi {s['spi']} {s['cipher']:<17} {s['state']:<8}"
+            lines.append(f"  {s['direction']:<3} IPv{s['family']} spi {s['spi']} {s['cipher']:<17} "
+                         f"{s['state']:<8}"
                          f" age {s['age_s']:7.1f} s  {s['packets']:>10} pkts {s['bytes']:>12} "
                          f"bytes  soft/hard: {limits or 'none'}"
                          + (f"  (removed in {s['retire_in_s']:.1f} s)"
