@@ -227,7 +227,9 @@ def test_unknown_ca_peer_is_refused_with_reason(pki, tmp_path):
         assert not s1.log and not s2.log
 
 
-def test_unreachable_peer_backs_off(pki):
+def test_unreachable_peer_backs_off(pki, monkeypatch):
+    import pydp.tunnel.manager as mgr_mod
+    monkeypatch.setattr(mgr_mod, "MAX_TRIES", 2)
     p1, p2 = free_udp_port(), free_udp_port()
     with TunnelManager(pki.config("n1", p1, {"n2": p2}), MemorySink()) as m1:
         m1.start()

@@ -161,8 +161,8 @@ def test_tcp_passes_and_the_wire_carries_only_esp(mesh):
             if r:
                 started += cap.stderr.readline()
         assert "Capturing on" in started and B.wire_if in started, started
-        got, digest, want = _tcp_transfer(1_000_000, 9101)
-        assert (got, digest) == (1_000_000, want)
+        got, digest, want = _tcp_transfer(600_000, 9101)
+        assert (got, digest) == (600_000, want)
         n, out = tb.ping(A.ns, ttb.host_ip(B), count=3)
         assert n == 3, out
         time.sleep(0.5)
@@ -173,8 +173,8 @@ def test_tcp_passes_and_the_wire_carries_only_esp(mesh):
                            "-e", "esp.spi"], capture_output=True, text=True,
                           timeout=60).stdout.split("\n")
     rows = [r.split("\t") for r in rows if r]
-    # ~740 data segments, their ACKs, the pings (tshark may miss some on a busy machine)
-    assert len(rows) >= 300, len(rows)
+    # ~445 data segments, their ACKs, the pings (tshark may miss some on a busy machine)
+    assert len(rows) >= 200, len(rows)
     assert {r[0] for r in rows} == {"eth:ethertype:ip:esp"}
     # and by the nodes' own counters: everything each received on the wire was ESP
     # that decrypted (parse -> esp_decrypt, nothing dropped), nothing else came in
@@ -182,8 +182,8 @@ def test_tcp_passes_and_the_wire_carries_only_esp(mesh):
         a, b = before[n], call("stats", mesh.sock[n])
         rx = b["ports"]["outside"]["rx_packets"] - a["ports"]["outside"]["rx_packets"]
         dec = b["stages"]["esp_in"]["in"] - a["stages"]["esp_in"]["in"]
-        # n2 received the ~740 data segments, n1 their ACKs (fewer: delayed ACKs)
-        assert rx >= (700 if n == "n2" else 100) and dec == rx, (n, rx, dec)
+        # n2 received the ~445 data segments, n1 their ACKs (fewer: delayed ACKs)
+        assert rx >= (420 if n == "n2" else 60) and dec == rx, (n, rx, dec)
         assert sum(b["stages"]["esp_in"]["drops"].values()) == \
             sum(a["stages"]["esp_in"]["drops"].values())
     spis = {int(r[1], 16) for r in rows}
@@ -219,15 +219,15 @@ for i in range(n):
 def test_rekey_during_a_running_transfer_loses_nothing(mesh):
     before = {n: mesh.show(n)["tunnels"][0]["rekeys"] for n in ("n1", "n2")}
     drops_before = {n: mesh.drops(n) for n in ("n1", "n2")}
-    rx = tb.spawn_in(B.ns, [sys.executable, "-c", _RECEIVER, ttb.host_ip(B), "9102", "4"],
+    rx = tb.spawn_in(B.ns, [sys.executable, "-c", _RECEIVER, ttb.host_ip(B), "9102", "2.5"],
                      stdout=subprocess.PIPE, text=True)
     try:
         assert rx.stdout.readline().strip() == "ready"
-        tx = tb.spawn_in(A.ns, [sys.executable, "-c", _SENDER, ttb.host_ip(B), "9102", "2400",
+        tx = tb.spawn_in(A.ns, [sys.executable, "-c", _SENDER, ttb.host_ip(B), "9102", "1600",
                                 "400"])
-        time.sleep(1.5)
+        time.sleep(1.0)
         assert call("tunnel.rekey", mesh.sock["n1"])["rekeying"] == ["n2"]
-        time.sleep(2.0)
+        time.sleep(1.5)
         assert call("tunnel.rekey", mesh.sock["n2"])["rekeying"] == ["n1"]
         tx.wait(timeout=60)
         count, lo, hi = (int(x) for x in rx.stdout.readline().split())
@@ -236,7 +236,7 @@ def test_rekey_during_a_running_transfer_loses_nothing(mesh):
         for p in (rx,):
             if p.poll() is None:
                 p.kill()
-    assert (count, lo, hi) == (2400, 0, 2399)  # every datagram, across two rekeys
+    assert (count, lo, hi) == (1600, 0, 1599)  # every datagram, across two rekeys
     after = {n: mesh.show(n)["tunnels"][0]["rekeys"] for n in ("n1", "n2")}
     assert all(after[n] >= before[n] + 2 for n in after), (before, after)
     # no ESP drop of any kind on either node (unknown-spi would be a lost rekey race)
