@@ -19,10 +19,15 @@ peer. ``key`` is the RFC 4106/7634 keying material: the cipher key followed
 by the 4-byte salt (20 bytes for aes-gcm-128, 36 for aes-gcm-256 and
 chacha20-poly1305). It is never shown: not in ``repr``, not in
 :func:`sa_list`, not in error messages. The SA keeps its own ``bytearray``
-copy (zeroed by :func:`sa_remove`); a ``bytes`` object the caller passed
+copy (zeroed by :func:`sa_remove`, and by ``Dataplane.close()`` for every SA
+it was given); a ``bytes`` object the caller passed
 cannot be wiped by pydp and stays the caller's to drop. In C the key lives
 only in the cryptodev session (cleared by the PMD when the SA is removed)
 and, for the duration of the add, in a config struct that is zeroed.
+
+One SA carries one inner family: its selectors are all IPv4 or all IPv6
+(rte_ipsec fixes the ESP next header per SA). A tunnel carrying both
+families uses one SA pair per family, with distinct SPIs.
 
 Multiple workers: an outbound SA may be shared (atomic sequence numbers);
 an inbound SA's replay window has one writer, so its packets must reach
@@ -156,7 +161,9 @@ class Selector:
 class Lifetime:
     """Soft and hard limits of an SA in seconds, bytes (inner IP bytes) and
     packets; None means no limit. Soft crossings are events (rekey now);
-    at a hard limit the SA stops passing packets (``sa-expired``)."""
+    at a hard limit the SA stops passing packets (``sa-expired``). The
+    fast path checks once per SA group of a burst: seconds (a TSC deadline)
+    and packets are exact, bytes may overshoot by the rest of one burst."""
 
     soft_seconds: float | None = None
     hard_seconds: float | None = None
@@ -189,6 +196,24 @@ class Lifetime:
     def to_dict(self) -> dict[str, Any]:
         """YAML-ready data."""
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+def _selector(i: int, s: Any) -> Any:
+    """selectors[i] as a Selector (a mapping is checked key by key)."""
+    if isinstance(s, Selector):
+        return s
+    if not isinstance(s, dict):
+        raise ConfigError(f"selectors[{i}]: must be a mapping with src and dst",
+                          key="selectors", path=("selectors", i))
+    allowed = [f.name for f in dataclasses.fields(Selector)]
+    for k in s:
+        if k not in allowed:
+            raise ConfigError(f"selectors[{i}] has no key '{k}' (allowed: "
+                              f"{', '.join(allowed)})", key=k, path=("selectors", i, k))
+    for k in ("src", "dst"):
+        if k not in s:
+            raise ConfigError(f"selectors[{i}] needs {k}", key=k, path=("selectors", i))
+    return Selector(**dict(s))
 
 
 def _key_bytes(v: Any) -> bytearray:
@@ -227,9 +252,8 @@ class SA:
 
     def __post_init__(self) -> None:
         self.key = _key_bytes(self.key)
-        sels = self.selectors if isinstance(self.selectors, list) else self.selectors
-        if isinstance(sels, list):
-            self.selectors = [Selector(**s) if isinstance(s, dict) else s for s in sels]
+        if isinstance(self.selectors, list):
+            self.selectors = [_selector(i, s) for i, s in enumerate(self.selectors)]
         if isinstance(self.lifetime, dict):
             self.lifetime = Lifetime(**self.lifetime)
 
@@ -249,24 +273,7 @@ class SA:
         if not isinstance(sels, list):
             raise ConfigError("selectors: must be a list", key="selectors")
         fixed = dict(d)
-        out = []
-        for i, s in enumerate(sels):
-            if isinstance(s, Selector):
-                out.append(s)
-                continue
-            if not isinstance(s, dict):
-                raise ConfigError(f"selectors[{i}]: must be a mapping with src and dst",
-                                  key="selectors", path=("selectors", i))
-            allowed = [f.name for f in dataclasses.fields(Selector)]
-            for k in s:
-                if k not in allowed:
-                    raise ConfigError(f"selectors[{i}] has no key '{k}' (allowed: "
-                                      f"{', '.join(allowed)})", key=k, path=("selectors", i, k))
-            for k in ("src", "dst"):
-                if k not in s:
-                    raise ConfigError(f"selectors[{i}] needs {k}", key=k, path=("selectors", i))
-            out.append(Selector(**dict(s)))
-        fixed["selectors"] = out
+        fixed["selectors"] = [_selector(i, s) for i, s in enumerate(sels)]
         lt = d.get("lifetime")
         if lt is not None and not isinstance(lt, (dict, Lifetime)):
             raise ConfigError("lifetime: must be a mapping", key="lifetime")
@@ -502,6 +509,14 @@ def sa_remove(dp: Dataplane, stage: str, spi: int) -> None:
     if sa is not None:
         sa.wipe()
     getattr(dp, "_esp_seen", {}).pop((stage, spi), None)
+
+
+def wipe_all(dp: Dataplane) -> None:
+    """Zero the keys of every SA given to :func:`sa_add` (the dataplane closed:
+    its C side destroyed them all). Static SAs of the pipeline file stay."""
+    for sa in _registry(dp).values():
+        sa.wipe()
+    _registry(dp).clear()
 
 
 def sa_drop_names() -> list[str]:

@@ -198,6 +198,9 @@ class Dataplane:
             self._ctr = None
             lib.pd_pipeline_free(self._cp)
             self._cp = None
+            if getattr(self, "_esp_sas", None):
+                from . import esp
+                esp.wipe_all(self)  # C wiped every SA with the pipeline
         for p in self._ports.values():
             try:
                 p.stop()

@@ -245,13 +245,15 @@ def test_replay_counts_on_the_sa_and_window_4096(ring_name):
 
 
 # -- extended sequence numbers, exhaustion, lifetimes -------------------------------------
-def test_esn_across_the_32_bit_boundary_both_directions(ring_name):
+@pytest.mark.parametrize("c_out,c_in", [("aes-gcm-256", "chacha20-poly1305"),
+                                         ("chacha20-poly1305", "aes-gcm-128")])
+def test_esn_across_the_32_bit_boundary_both_directions(ring_name, c_out, c_in):
     """ESN: pydp sends 2^32-3 .. 2^32+2 (scapy decrypts with the right high
     bits) and accepts scapy's packets across the boundary; sa_list shows the
     64-bit number and its high half."""
     start = 2**32 - 3
-    out = mk_sa(0x5000, "out", "aes-gcm-256", 4, 6, esn=True, initial_seq=start)
-    inb = mk_sa(0x5100, "in", "chacha20-poly1305", 6, 4, esn=True, initial_seq=2**32 - 10,
+    out = mk_sa(0x5000, "out", c_out, 4, 6, esn=True, initial_seq=start)
+    inb = mk_sa(0x5100, "in", c_in, 6, 4, esn=True, initial_seq=2**32 - 10,
                 selectors=[{"src": INNER[6][1], "dst": INNER[6][0]}])
     inb.tunnel_src, inb.tunnel_dst = inb.tunnel_dst, inb.tunnel_src
     clear = [eth() / inner_pkt(i, 4) for i in range(6)]
@@ -385,10 +387,11 @@ def test_rekey_overlap_loses_nothing(ring_name):
         dp.stop()
         st = dp.stats()
         assert dp.pool.in_use() == 0
+        assert any(new_o.key) and any(new_i.key)   # still installed
     assert st.drops() == {"dec/unknown-spi": 2}
     assert st.balanced()
     assert old_o.key == bytearray(20) and old_i.key == bytearray(20)
-    assert any(new_o.key) and any(new_i.key)
+    assert new_o.key == bytearray(36) and new_i.key == bytearray(36)   # wiped at close
 
 
 def test_rekey_under_running_traffic(ring_name, vdev_name):
@@ -512,6 +515,7 @@ BAD = [
     ({"selectors": [{"src": "10.0.0.0/8", "dst": "10.0.0.0/8", "dport": "9-1"}]}, "selectors"),
     ({"selectors": [{"src": "10.0.0.0/8", "dst": "10.0.0.0/8", "proto": "bogus"}]},
      "selectors"),
+    ({"selectors": [{"src": "10.0.0.0/8", "dstx": "10.0.0.0/8"}]}, "selectors"),
     ({"replay_window": 4097}, "replay_window"),
     ({"replay_window": -1}, "replay_window"),
     ({"esn": "yes"}, "esn"),
@@ -704,3 +708,65 @@ def test_two_workers_share_an_outbound_sa(ring_name):
     ssa = scapy_sa(out)
     assert sorted(pid(ssa.decrypt(outer_ip(f))) for f in frames) == \
         list(range(n)) + list(range(1000, 1000 + n))
+
+
+def test_lifetime_bytes_and_window_zero(ring_name):
+    """Byte limits count inner IP bytes (soft: an event, hard: the SA stops);
+    replay_window 0 turns anti-replay off (the same packet passes again)."""
+    size = len(inner_pkt(0, 4))
+    inb = mk_sa(0xD000, "in", "aes-gcm-128", 4, 4, replay_window=0,
+                lifetime={"soft_bytes": 2 * size, "hard_bytes": 3 * size})
+    ssa = scapy_sa(inb)
+    one = eth() / ssa.encrypt(inner_pkt(7, 4))
+    ev: dict = {}
+
+    def grab(dp: Dataplane) -> Iterator[tuple[str, list]]:
+        yield ("outside", [one])
+        ev["e"] = dp.sa_events("dec")
+        ev["l"] = dp.sa_list("dec")
+
+    r = run(gateway(dec=[inb]), ring_name, {"outside": [one, one, one]}, then=grab)
+    assert r.ids("inside") == [7, 7, 7]
+    assert r.st.drops() == {"dec/sa-expired": 1}
+    assert [(e["event"], e["reason"]) for e in ev["e"]] == [
+        ("soft-expired", "bytes"), ("hard-expired", "bytes")]
+    assert ev["l"][0]["bytes"] == 3 * size and ev["l"][0]["drops"]["sa-expired"] == 1
+
+
+@pytest.mark.parametrize("inner,outer", COMBOS)
+def test_dscp_and_ecn_across_the_tunnel(ring_name, inner, outer):
+    """Encap copies DSCP and ECN out (RFC 4301, RFC 6040); decap keeps the inner
+    DSCP and carries a CE mark in (the inner IPv4 checksum stays right)."""
+    out = mk_sa(0xE000, "out", "aes-gcm-128", inner, outer)
+    inb = mk_sa(0xE001, "in", "aes-gcm-128", inner, outer)
+    p = inner_pkt(1, inner)
+    setattr(p, "tos" if inner == 4 else "tc", 0xB9)         # DSCP 46, ECT(1)
+    e = scapy_sa(inb).encrypt(p)
+    setattr(e, "tos" if outer == 4 else "tc", 0x03)          # DSCP 0, CE on the way
+    if outer == 4:
+        del e.chksum
+    r = run(gateway([out], [inb]), ring_name, {"inside": [eth() / p],
+                                               "outside": [eth() / e]})
+    assert r.st.drops() == {}
+    o = outer_ip(r.out["outside"][0])
+    assert (o.tos if outer == 4 else o.tc) == 0xB9
+    got = Ether(bytes(r.out["inside"][0])).payload
+    assert (got.tos if inner == 4 else got.tc) == 0xBB
+    want = p.copy()
+    setattr(want, "tos" if inner == 4 else "tc", 0xBB)
+    if inner == 4:
+        del want.chksum                                      # checksum fixed after the mark
+    assert bytes(got) == bytes(want.__class__(bytes(want)))
+
+
+def test_ipv6_outer_with_extension_header(ring_name):
+    """ESP behind an IPv6 destination-options header decrypts: the parse stage's
+    L4 offset is where ESP starts."""
+    from scapy.layers.inet6 import IPv6ExtHdrDestOpt
+    inb = mk_sa(0xF000, "in", "aes-gcm-256", 4, 6)
+    e = scapy_sa(inb).encrypt(inner_pkt(3, 4))
+    hdr = IPv6(src=inb.tunnel_src, dst=inb.tunnel_dst) / IPv6ExtHdrDestOpt()
+    frame = eth() / hdr / e[ESP]
+    assert IPv6ExtHdrDestOpt in Ether(bytes(frame))
+    r = run(gateway(dec=[inb]), ring_name, {"outside": [frame]})
+    assert r.st.drops() == {} and r.ids("inside") == [3]

@@ -181,6 +181,17 @@ static void dec_group(struct pd_stage *st, struct pd_worker *w,
 		esp_sa_drop(sa, ESP_SD_EXPIRED, n);
 		return;
 	}
+	if (sa->hard_packets) {
+		uint64_t pk = __atomic_load_n(&sa->packets, __ATOMIC_RELAXED);
+		uint64_t left = pk < sa->hard_packets ? sa->hard_packets - pk : 0;
+
+		if (left < n) {
+			for (i = (uint16_t)left; i < n; i++)
+				pd_drop(w, st, DEC_EXPIRED, mb[i]);
+			esp_sa_drop(sa, ESP_SD_EXPIRED, n - left);
+			n = (uint16_t)left;
+		}
+	}
 	for (i = 0, k = 0; i < n; i++) {
 		struct rte_mbuf *m = mb[i];
 		struct pd_meta *md = pd_meta(m);
@@ -253,6 +264,18 @@ static void dec_group(struct pd_stage *st, struct pd_worker *w,
 		memset(d, 0, 12);
 		d[12] = (d[14] >> 4) == 6 ? 0x86 : 0x08;
 		d[13] = (d[14] >> 4) == 6 ? 0xdd : 0x00;
+		if ((d[14] >> 4) == 4 && (d[15] & 3) == 3) {
+			/* CE: rte_ipsec may have marked it without the checksum (the
+			 * packet is authenticated: recomputing hides nothing) */
+			struct rte_ipv4_hdr *ip = (struct rte_ipv4_hdr *)(d + 14);
+
+			if (rte_pktmbuf_data_len(m) >= 14 + 20 &&
+			    (ip->version_ihl & 0xf) >= 5 &&
+			    rte_pktmbuf_data_len(m) >= 14u + (ip->version_ihl & 0xf) * 4u) {
+				ip->hdr_checksum = 0;
+				ip->hdr_checksum = rte_ipv4_cksum(ip);
+			}
+		}
 		if (unlikely(pd_parse_raw(d, rte_pktmbuf_data_len(m), 1, md) != 0 ||
 			     (md->l3 != PD_L3_IPV4 && md->l3 != PD_L3_IPV6))) {
 			md->in_port = in_port;

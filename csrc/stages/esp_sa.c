@@ -199,14 +199,15 @@ uint16_t esp_lookaside(struct esp_priv *pr, struct esp_sa *sa,
 {
 	struct rte_crypto_op **cop = pr->la_ops[w->slot];
 	struct rte_crypto_op *done[2 * PD_BURST];
-	uint16_t k, e, d = 0, i, tries = 0;
+	uint16_t k, e, d = 0, i;
 
 	if (unlikely(w->slot >= pr->la_nqp))
 		return 0;
 	k = rte_ipsec_pkt_crypto_prepare(&sa->ss, mb, cop, n);
 	e = rte_cryptodev_enqueue_burst(sa->dev_id, w->slot, cop, k);
-	/* a software PMD finishes at once; never spin for long */
-	while (d < e && tries++ < 1000)
+	/* software PMDs finish within the enqueue or the first dequeue; what
+	 * was enqueued must come back before its mbufs can be touched again */
+	while (d < e)
 		d = (uint16_t)(d + rte_cryptodev_dequeue_burst(sa->dev_id, w->slot,
 							      done + d, e - d));
 	/* ops of a software PMD come back in order; the failed ones are marked
@@ -408,6 +409,12 @@ static int sa_create(struct pd_stage *st, struct esp_priv *pr,
 	prm.ipsec_xform.spi = c->spi;
 	memcpy(&prm.ipsec_xform.salt, c->key + klen, 4);
 	prm.ipsec_xform.options.esn = sa->esn;
+	/* RFC 4301 5.1.2.1: encap copies the inner DSCP to the outer header
+	 * (decap leaves the inner one alone); ECN as RFC 6040: copied out, a
+	 * CE mark of the outer header carried in on decap (esp_decrypt fixes
+	 * the inner IPv4 checksum rte_ipsec leaves stale then) */
+	prm.ipsec_xform.options.copy_dscp = c->dir == PD_ESP_DIR_OUT;
+	prm.ipsec_xform.options.ecn = 1;
 	prm.ipsec_xform.direction = c->dir == PD_ESP_DIR_OUT ?
 		RTE_SECURITY_IPSEC_SA_DIR_EGRESS : RTE_SECURITY_IPSEC_SA_DIR_INGRESS;
 	prm.ipsec_xform.proto = RTE_SECURITY_IPSEC_SA_PROTO_ESP;
