@@ -102,10 +102,13 @@ def mesh(tmp_path_factory):
 
 
 def test_ping_both_ways_across_the_tunnel(mesh):
-    n, out = tb.ping(A.ns, ttb.host_ip(B), count=3)
-    assert n == 3, out
-    n, out = tb.ping(B.ns, ttb.host_ip(A), count=3)
-    assert n == 3, out
+    for v in (4, 6):
+        n, out = tb.ping(A.ns, ttb.host_ip(B, v), count=3, wait=2)
+        assert n == 3, out
+        n, out = tb.ping(B.ns, ttb.host_ip(A, v), count=3, wait=2)
+        assert n == 3, out
+    fams = sorted((s["direction"], s["family"]) for s in mesh.show("n1")["tunnels"][0]["sas"])
+    assert fams == [("in", 4), ("in", 6), ("out", 4), ("out", 6)]
 
 
 _SERVER = r"""
@@ -175,7 +178,7 @@ def test_tcp_passes_and_the_wire_carries_only_esp(mesh):
     rows = [r.split("\t") for r in rows if r]
     # ~445 data segments, their ACKs, the pings (tshark may miss some on a busy machine)
     assert len(rows) >= 200, len(rows)
-    assert {r[0] for r in rows} == {"eth:ethertype:ip:esp"}
+    assert {r[0] for r in rows} == {"eth:ethertype:ip:esp"}  # IPv6 inside travels as ESP too
     # and by the nodes' own counters: everything each received on the wire was ESP
     # that decrypted (parse -> esp_decrypt, nothing dropped), nothing else came in
     for n in ("n1", "n2"):
@@ -239,9 +242,12 @@ def test_rekey_during_a_running_transfer_loses_nothing(mesh):
     assert (count, lo, hi) == (1600, 0, 1599)  # every datagram, across two rekeys
     after = {n: mesh.show(n)["tunnels"][0]["rekeys"] for n in ("n1", "n2")}
     assert all(after[n] >= before[n] + 2 for n in after), (before, after)
-    # no ESP drop of any kind on either node (unknown-spi would be a lost rekey race)
+    # no ESP drop on either node (unknown-spi would be a lost rekey race); esp_out's
+    # no-sa may count host chatter that no SA carries (IPv6 multicast), nothing else
     for n in ("n1", "n2"):
-        assert mesh.drops(n) == drops_before[n], (n, mesh.drops(n))
+        now = {k: v for k, v in mesh.drops(n).items() if k != "esp_out/no-sa"}
+        assert now == {k: v for k, v in drops_before[n].items() if k != "esp_out/no-sa"}, \
+            (n, mesh.drops(n))
 
 
 def test_revoking_a_node_cuts_its_traffic(mesh):

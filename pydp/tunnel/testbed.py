@@ -4,10 +4,12 @@
 
     netns pdtn-a                root namespace                               netns pdtn-b
     pdtn-ha 10.77.1.1/24 = pdtn-ha-dp [node n1] pdtn-wa == pdtn-wb [node n2] pdtn-hb-dp = pdtn-hb
-            (inside)                  (outside)   wire    (outside)         (inside) 10.77.2.1/24
+      fd00:77:1::1/64     (inside)    (outside)   wire    (outside)  (inside) 10.77.2.1/24
+                                                                                fd00:77:2::1/64
 
-- Each host routes the other host's subnet via a gateway address whose MAC is a
-  permanent neighbour entry, so the host sends to its node without ARP.
+- Each host routes the other host's subnets (IPv4 and IPv6) via a gateway address
+  whose MAC is a permanent neighbour entry, so the host sends to its node without
+  ARP or ND. The tunnel is dual-stack: one handshake, an SA pair per family.
 - The node's outside ports are the two ends of one veth pair, ``pdtn-wa`` and
   ``pdtn-wb`` (tunnel addresses 192.168.77.1 and .2). Like every root-side end, they
   carry no address and have IPv6 disabled: the only frames on the wire are the
@@ -52,22 +54,27 @@ class Side:
     subnet: str
     gateway: str
     tunnel_addr: str
+    host_addr6: str
+    subnet6: str
+    gateway6: str
     dp_index: int
     wire_index: int
 
 
 SIDES = (
     Side("n1", "pdtn-a", "pdtn-ha", "pdtn-ha-dp", "pdtn-wa", "10.77.1.1/24", "10.77.1.0/24",
-         "10.77.1.254", "192.168.77.1", 0x8110, 0x8111),
+         "10.77.1.254", "192.168.77.1", "fd00:77:1::1/64", "fd00:77:1::/64", "fd00:77:1::fe",
+         0x8110, 0x8111),
     Side("n2", "pdtn-b", "pdtn-hb", "pdtn-hb-dp", "pdtn-wb", "10.77.2.1/24", "10.77.2.0/24",
-         "10.77.2.254", "192.168.77.2", 0xA220, 0xA221),
+         "10.77.2.254", "192.168.77.2", "fd00:77:2::1/64", "fd00:77:2::/64", "fd00:77:2::fe",
+         0xA220, 0xA221),
 )
 PIPELINE = Path(__file__).resolve().parents[2] / "testbeds" / "tunnel-node.yaml"
 
 
-def host_ip(side: Side) -> str:
-    """The host's address without prefix length."""
-    return str(ipaddress.ip_interface(side.host_addr).ip)
+def host_ip(side: Side, version: int = 4) -> str:
+    """The host's IPv4 (or IPv6) address without prefix length."""
+    return str(ipaddress.ip_interface(side.host_addr if version == 4 else side.host_addr6).ip)
 
 
 def down() -> None:
@@ -104,15 +111,20 @@ def up() -> tuple[Side, ...]:
             tb._offloads_off(s.dp_if)
             tb._sysctl(f"net/ipv6/conf/{s.dp_if}/disable_ipv6", "1")
             tb._run(["ip", "link", "set", s.host_if, "netns", s.ns])
+            # no router solicitations: the host's IPv6 traffic is only what it sends
             tb._run(["ip", "netns", "exec", s.ns, "sysctl", "-qw",
-                     f"net.ipv6.conf.{s.host_if}.disable_ipv6=1"])
+                     f"net.ipv6.conf.{s.host_if}.router_solicitations=0"])
             tb._run(["ip", "-n", s.ns, "addr", "add", s.host_addr, "dev", s.host_if])
+            tb._run(["ip", "-n", s.ns, "addr", "add", s.host_addr6, "dev", s.host_if,
+                     "nodad"])
             tb._run(["ip", "-n", s.ns, "link", "set", s.host_if, "up"])
             tb._run(["ip", "link", "set", s.dp_if, "up"])
-            tb._run(["ip", "-n", s.ns, "neigh", "replace", s.gateway, "lladdr", GATEWAY_MAC,
-                     "dev", s.host_if, "nud", "permanent"])
+            for gw in (s.gateway, s.gateway6):
+                tb._run(["ip", "-n", s.ns, "neigh", "replace", gw, "lladdr", GATEWAY_MAC,
+                         "dev", s.host_if, "nud", "permanent"])
         for s, o in ((a, b), (b, a)):
             tb._run(["ip", "-n", s.ns, "route", "add", o.subnet, "via", s.gateway])
+            tb._run(["ip", "-n", s.ns, "-6", "route", "add", o.subnet6, "via", s.gateway6])
     except BaseException:
         down()
         raise
@@ -139,12 +151,13 @@ def write_configs(directory: str | Path, ports: tuple[int, int], lifetime: int =
         ca.issue(s.node, d / s.node)
         cfg = {"node": s.node, "cert": f"{s.node}/{s.node}.crt",
                "key": f"{s.node}/{s.node}.key", "ca": "ca/ca.crt", "crl": "ca/crl.pem",
-               "listen": f"127.0.0.1:{mp}", "address": s.tunnel_addr, "subnets": [s.subnet],
+               "listen": f"127.0.0.1:{mp}", "address": s.tunnel_addr,
+               "subnets": [s.subnet, s.subnet6],
                "ciphers": ["aes-gcm-128", "aes-gcm-256", "chacha20-poly1305"],
                "lifetime": {"seconds": lifetime}, "grace": grace,
                "stages": {"encrypt": "esp_out", "decrypt": "esp_in"},
                "peers": [{"node": o.node, "endpoint": f"127.0.0.1:{op}",
-                          "address": o.tunnel_addr, "subnets": [o.subnet]}]}
+                          "address": o.tunnel_addr, "subnets": [o.subnet, o.subnet6]}]}
         p = d / f"{s.node}.yaml"
         p.write_text(yaml.safe_dump(cfg, sort_keys=False))
         out[s.node] = p
