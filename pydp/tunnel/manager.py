@@ -402,7 +402,7 @@ class TunnelManager:
         sid = str(msg.get("sid", ""))
         old = self._resp.get(sid)
         if old is not None and old[1] == raw:
-            self._send(old[0].m2, addr)  # a retransmitted init: the same resp
+            self._send(old[0].m2, self.tunnels[old[3]].peer.endpoint)  # same init: same resp
             return
         peer = msg.get("from")
         t = self.tunnels.get(peer) if isinstance(peer, str) else None
@@ -415,7 +415,9 @@ class TunnelManager:
         if t.init is not None and t.init.m3 is None:
             self._abort_init(t)  # theirs wins (their id is smaller)
         self._resp[sid] = (r, raw, self.clock(), r.peer)
-        self._send(r.m2, addr)
+        # answers go to the peer's configured endpoint, never to whatever source address
+        # an init claims: the handshake cannot be used to reflect traffic elsewhere
+        self._send(r.m2, t.peer.endpoint)
 
     def _on_fin(self, msg: dict, addr: Any) -> None:
         _, body = hs._body(msg)
@@ -435,7 +437,7 @@ class TunnelManager:
                 self._remove_gen(t, g)
                 raise PeerRefused(f"cannot install SAs: {e}") from None
             self._established(t, g, "responder")
-        self._send(m4, addr)
+        self._send(m4, self.tunnels[r.peer].peer.endpoint)
 
     def _on_resp(self, msg: dict) -> None:
         _, body = hs._body(msg)
