@@ -109,6 +109,19 @@ def check(config: str) -> None:
                f"({', '.join(p.node for p in cfg.peers)})")
 
 
+def _call(cmd: str, control: str | None, **args: Any) -> Any:
+    """A tunnel.* control call; a dataplane without a tunnel manager gets a clear line."""
+    from .control import call
+    from .errors import NotFound
+    try:
+        return call(cmd, control, **args)
+    except NotFound as e:
+        if "unknown command" in str(e):
+            raise NotFound("this dataplane runs no tunnel manager (start the node with "
+                           "`pydp tunnel run ... --tunnel CONFIG`)") from None
+        raise
+
+
 def _wait(stop_after: float | None, dp: Any = None, interval: float = 1.0) -> str:
     stop = {"why": ""}
 
@@ -204,9 +217,8 @@ def run(pipeline_file: str | None, tunnel_file: str, port_specs: tuple[str, ...]
 @click.option("--json", "as_json", is_flag=True)
 def show(control: str | None, as_json: bool) -> None:
     """The node's tunnels and SAs: SPIs, counters, lifetimes (never keys)."""
-    from .control import call
     from .tunnel.service import format_show
-    doc = call("tunnel.show", control)
+    doc = _call("tunnel.show", control)
     click.echo(json.dumps(doc, indent=2) if as_json else format_show(doc))
 
 
@@ -215,8 +227,7 @@ def show(control: str | None, as_json: bool) -> None:
 @_control_opt
 def rekey(peer: str | None, control: str | None) -> None:
     """Rekey now with PEER (default: every peer that is up)."""
-    from .control import call
-    res = call("tunnel.rekey", control, peer=peer)
+    res = _call("tunnel.rekey", control, peer=peer)
     click.echo(f"rekeying with {', '.join(res['rekeying']) or 'nobody (no tunnel is up)'}")
 
 
@@ -224,8 +235,7 @@ def rekey(peer: str | None, control: str | None) -> None:
 @_control_opt
 def rotate(control: str | None) -> None:
     """Load the node's new certificate and key from their files and rehandshake."""
-    from .control import call
-    res = call("tunnel.rotate", control)
+    res = _call("tunnel.rotate", control)
     click.echo(f"certificate serial {res.get('serial')}; rehandshaking with "
                f"{', '.join(res.get('rehandshake') or []) or 'nobody'}")
 
@@ -234,8 +244,7 @@ def rotate(control: str | None) -> None:
 @_control_opt
 def reload(control: str | None) -> None:
     """Re-read the CRL now and re-verify every peer."""
-    from .control import call
-    res = call("tunnel.reload", control)
+    res = _call("tunnel.reload", control)
     click.echo(f"torn down: {', '.join(res['torn_down']) or 'none'}")
 
 
@@ -244,8 +253,7 @@ def reload(control: str | None) -> None:
 @_control_opt
 def deny(node: str, control: str | None) -> None:
     """Deny NODE on this node: tear its tunnel down and refuse its handshakes."""
-    from .control import call
-    res = call("tunnel.deny", control, node=node)
+    res = _call("tunnel.deny", control, node=node)
     click.echo(f"denied {res['denied']}; torn down: {', '.join(res['torn_down']) or 'none'}")
 
 

@@ -146,3 +146,20 @@ def test_run_refuses_a_pipeline_without_esp_stages(tmp_path):
                                "--port", "in=net_null0", "--port", "out=net_null1", "--no-huge",
                                "--control", str(tmp_path / "x.sock"), "--duration", "1"))
     assert "pipeline 'forward' has no esp_encrypt stage" in line
+
+
+def test_show_against_a_dataplane_without_tunnels(tmp_path):
+    sock = tmp_path / "plain.sock"
+    p = subprocess.Popen(PYDP + ["run", "pipelines/forward.yaml", "--port", "in=net_null0",
+                                 "--port", "out=net_null1,no-rx=1", "--no-huge", "--control",
+                                 str(sock), "--duration", "30", "--interval", "60"],
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not sock.exists():
+            time.sleep(0.1)
+        line = one_clear_line(pydp("tunnel", "show", "--control", str(sock)))
+        assert "runs no tunnel manager" in line
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.communicate(timeout=20)
