@@ -289,3 +289,17 @@ def test_config_needs_a_common_family_with_each_peer(pki):
     with pytest.raises(ConfigError, match="peer n2: its subnets and this node's have no "
                        "address family in common"):
         pki.config("n1", 1, {"n2": 2}, subnets=["fd00:1::/64"])
+
+
+def test_a_bad_new_certificate_is_not_used(pair, pki):
+    import shutil
+    pair.up()
+    serial = pair.m1.me.cert.serial_number
+    crt, key = pki.paths("n1")
+    other_crt, other_key = pki.paths("n3")
+    shutil.copy(other_key, key)  # a valid certificate, but of another node
+    shutil.copy(other_crt, crt)
+    wait(lambda: "not used" in " ".join(pair.m1.show()["events"]), what="refusal noted")
+    assert pair.m1.me.cert.serial_number == serial and pair.m1.rotations == 0
+    assert "wrong identity" in " ".join(pair.m1.show()["events"])
+    assert pair.m1.tunnels["n2"].state == "up"

@@ -649,7 +649,10 @@ class TunnelManager:
         except (PydpError, OSError) as e:
             if force:
                 raise
-            return {"rotated": False, "error": str(e)}  # half-written files: next tick
+            # said once per change of the file; the old identity stays in use
+            self._cert_mtime = _mtime(self.cfg.cert)
+            self._note(f"new certificate in {self.cfg.cert} not used: {e}")
+            return {"rotated": False, "error": str(e)}
         self._cert_mtime = _mtime(self.cfg.cert)
         if new.cert.serial_number == self.me.cert.serial_number and not force:
             return {"rotated": False}
