@@ -453,6 +453,13 @@ class TrustStore:
                 raise PeerRefused("a CA certificate cannot be a node")
         except x509.ExtensionNotFound:
             pass
+        try:
+            ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+            if not ku.digital_signature:
+                raise PeerRefused("certificate may not sign (key usage lacks "
+                                  "digitalSignature)")
+        except x509.ExtensionNotFound:
+            pass
         if not isinstance(cert.public_key(), ed25519.Ed25519PublicKey):
             raise PeerRefused("node key is not Ed25519")
         node = node_of(cert, self.trust_domain)
