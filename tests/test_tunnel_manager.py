@@ -303,3 +303,18 @@ def test_a_bad_new_certificate_is_not_used(pair, pki):
     assert pair.m1.me.cert.serial_number == serial and pair.m1.rotations == 0
     assert "wrong identity" in " ".join(pair.m1.show()["events"])
     assert pair.m1.tunnels["n2"].state == "up"
+
+
+def test_a_data_path_event_during_a_failed_rekey_is_not_forgotten(pair, monkeypatch):
+    import pydp.tunnel.manager as mgr_mod
+    monkeypatch.setattr(mgr_mod, "MAX_TRIES", 1)
+    pair.up()
+    sent = pair.m2._send
+    pair.m2._send = lambda data, addr: None  # n2 goes silent
+    pair.m1.rekey("n2")
+    (o1,) = pair.s1.spis(ENC)
+    pair.s1.event(ENC, o1, "seq-nearing-exhaustion")  # arrives while that rekey is failing
+    wait(lambda: "no answer" in (pair.m1.tunnels["n2"].last_error or ""), what="rekey fails")
+    pair.m2._send = sent  # n2 is back: the remembered event starts a new rekey
+    wait(lambda: pair.m1.tunnels["n2"].rekeys == 1, timeout=15, what="rekey on the event")
+    assert "data path: seq-nearing-exhaustion" in " ".join(pair.m1.show()["events"])

@@ -118,6 +118,7 @@ class Generation:
     installed: list[tuple[str, int]] = field(default_factory=list)  # (direction, spi)
     retire_at: float | None = None
     rekeying: bool = False
+    soft_event: str | None = None  # a data-path event kept until the rekey starts
 
     @property
     def in_installed(self) -> bool:
@@ -733,9 +734,12 @@ class TunnelManager:
                                f"reached its hard {hard} lifetime")
                     self._remove_gen(t, g)
                     continue
+                if ev:  # sa_events reports each event once: keep it until it is acted on
+                    g.soft_event = g.soft_event or ev
                 if g.retire_at is not None or g.rekeying or g is not t.gens[-1]:
                     continue
-                why = rekey_due(k.role, age, pk, by, k.lifetime) or (ev if ev else None)
+                ev = g.soft_event
+                why = rekey_due(k.role, age, pk, by, k.lifetime) or ev
                 if why and t.init is None and now >= t.next_attempt and \
                         self.identity_error is None:
                     g.rekeying = True
