@@ -82,6 +82,21 @@ def ca_revoke(directory: str, node: str | None, serial: str | None) -> None:
         click.echo(f"{what}: already revoked; CRL {c.dir / 'crl.pem'}")
 
 
+@ca.command("list")
+@click.argument("directory", metavar="DIR")
+@click.option("--json", "as_json", is_flag=True)
+def ca_list(directory: str, as_json: bool) -> None:
+    """Every certificate the CA issued: node, serial, validity, revoked or not."""
+    from .tunnel.ca import MeshCA
+    rec = MeshCA(directory).issued()
+    if as_json:
+        click.echo(json.dumps(rec, indent=2, sort_keys=True))
+        return
+    for serial, r in sorted(rec.items(), key=lambda x: (x[1]["node"], x[1]["not_before"])):
+        click.echo(f"{r['node']:<16} {serial}  {r['not_before'][:19]} .. {r['not_after'][:19]}"
+                   + (f"  REVOKED {r['revoked'][:19]}" if r.get("revoked") else ""))
+
+
 @ca.command("crl")
 @click.argument("directory", metavar="DIR")
 @click.option("--days", type=int, default=7, show_default=True,

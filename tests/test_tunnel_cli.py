@@ -46,6 +46,9 @@ def test_ca_init_issue_revoke(tmp_path):
     assert r.returncode == 0 and f"revoked n1: serial {serial}" in r.stdout
     r = pydp("tunnel", "ca", "revoke", str(ca), "--serial", serial)
     assert r.returncode == 0 and "already revoked" in r.stdout
+    r = pydp("tunnel", "ca", "list", str(ca))
+    assert r.returncode == 0 and r.stdout.startswith("n1") and "REVOKED" in r.stdout
+    assert serial in r.stdout
 
 
 @pytest.mark.parametrize("args,msg", [
