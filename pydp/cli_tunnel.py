@@ -5,9 +5,11 @@
     pydp tunnel ca init DIR [--trust-domain mesh.local]
     pydp tunnel ca issue DIR NODE [--out DIR] [--days 30]
     pydp tunnel ca revoke DIR NODE | --serial HEX
+    pydp tunnel ca crl|list DIR
     pydp tunnel check CONFIG
     pydp tunnel run [PIPELINE.yaml --port NAME=DEVARGS ...] --tunnel CONFIG
     pydp tunnel show|rekey|rotate|reload|deny ... [--control PATH]
+    pydp tunnel testbed up DIR | down
 """
 
 from __future__ import annotations
