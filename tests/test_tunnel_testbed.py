@@ -250,6 +250,32 @@ def test_rekey_during_a_running_transfer_loses_nothing(mesh):
             (n, mesh.drops(n))
 
 
+def test_certificate_rotation_during_a_transfer_loses_nothing(mesh):
+    old = mesh.show("n1")["serial"]
+    rx = tb.spawn_in(B.ns, [sys.executable, "-c", _RECEIVER, ttb.host_ip(B), "9103", "2.5"],
+                     stdout=subprocess.PIPE, text=True)
+    try:
+        assert rx.stdout.readline().strip() == "ready"
+        tx = tb.spawn_in(A.ns, [sys.executable, "-c", _SENDER, ttb.host_ip(B), "9103", "800",
+                                "400"])
+        time.sleep(0.8)
+        r = subprocess.run(PYDP + ["tunnel", "ca", "issue", str(mesh.dir / "ca"), "n1", "--out",
+                                   str(mesh.dir / "n1")], capture_output=True, text=True,
+                           cwd=ROOT, timeout=60)
+        assert r.returncode == 0, r.stderr
+        tx.wait(timeout=60)
+        count, lo, hi = (int(x) for x in rx.stdout.readline().split())
+        rx.wait(timeout=10)
+    finally:
+        if rx.poll() is None:
+            rx.kill()
+    assert (count, lo, hi) == (800, 0, 799)
+    new = mesh.show("n1")["serial"]
+    assert new != old and mesh.show("n1")["rotations"] == 1
+    peer = {s["peer_serial"] for s in mesh.show("n2")["tunnels"][0]["sas"]}
+    assert peer == {new}  # n2 now holds only SAs made with n1's new certificate
+
+
 def test_revoking_a_node_cuts_its_traffic(mesh):
     r = subprocess.run(PYDP + ["tunnel", "ca", "revoke", str(mesh.dir / "ca"), "n2"],
                        capture_output=True, text=True, cwd=ROOT, timeout=60)
