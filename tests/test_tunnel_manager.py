@@ -318,3 +318,27 @@ def test_a_data_path_event_during_a_failed_rekey_is_not_forgotten(pair, monkeypa
     pair.m2._send = sent  # n2 is back: the remembered event starts a new rekey
     wait(lambda: pair.m1.tunnels["n2"].rekeys == 1, timeout=15, what="rekey on the event")
     assert "data path: seq-nearing-exhaustion" in " ".join(pair.m1.show()["events"])
+
+
+def test_a_replayed_init_installs_nothing(pair):
+    import socket
+    pair.up()
+    seen = []
+    sent = pair.m1._send
+
+    def tap(data, addr):
+        if b'"t":"init"' in data:
+            seen.append(data)
+        sent(data, addr)
+    pair.m1._send = tap
+    pair.m1.rekey("n2")
+    wait(lambda: pair.m1.tunnels["n2"].rekeys == 1 and seen, what="rekey")
+    wait(lambda: pair.gens() == (1, 1), what="settled")
+    adds = len(pair.s2.log)
+    with pair.m2._lock:
+        pair.m2._resp.clear()  # as after RESP_KEEP: only the replay cache remembers it
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.sendto(seen[-1], pair.m2.cfg.listen)
+    wait(lambda: "replayed handshake" in " ".join(pair.m2.show()["events"]), what="refusal")
+    time.sleep(0.3)
+    assert len(pair.s2.log) == adds and pair.gens() == (1, 1)
