@@ -618,5 +618,9 @@ from .cli_service import service as _service  # noqa: E402 - pydp service ...
 
 main.add_command(_service)
 
+from .cli_tunnel import tunnel as _tunnel  # noqa: E402 - pydp tunnel ... (pydp/cli_tunnel.py)
+
+main.add_command(_tunnel)
+
 if __name__ == "__main__":  # pragma: no cover
     main()
