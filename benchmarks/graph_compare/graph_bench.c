@@ -52,6 +52,8 @@
 #define MAX_ROUNDS 15
 #define MAX_TRIES 8
 
+static unsigned max_tries = MAX_TRIES;  /* --tries */
+
 static const struct rte_ether_addr SRC_MAC = {{ 0x02, 0, 0, 0, 0xaa, 0x01 }};
 static const struct rte_ether_addr DST_MAC = {{ 0x02, 0, 0, 0, 0xbb, 0x02 }};
 static const uint16_t IN_PORT = 0, OUT_PORT = 1;
@@ -616,6 +618,8 @@ int main(int argc, char **argv)
 			warmup = atof(argv[i + 1]);
 		else if (strcmp(argv[i], "--rounds") == 0)
 			rounds = (unsigned)atoi(argv[i + 1]);
+		else if (strcmp(argv[i], "--tries") == 0)
+			max_tries = (unsigned)atoi(argv[i + 1]);
 		else if (strcmp(argv[i], "--pool-cache") == 0)
 			pool_cache = (unsigned)atoi(argv[i + 1]);
 		else if (strcmp(argv[i], "--modes") == 0)
@@ -623,7 +627,8 @@ int main(int argc, char **argv)
 		else
 			break;
 	}
-	if (i < argc || secs <= 0 || warmup < 0 || rounds < 1 || rounds > MAX_ROUNDS) {
+	if (i < argc || secs <= 0 || warmup < 0 || rounds < 1 || rounds > MAX_ROUNDS ||
+	    max_tries < 1 || max_tries > MAX_TRIES) {
 		fprintf(stderr, "usage: %s EAL-ARGS -- [--secs S] [--warmup S] "
 			"[--rounds 1..%d] [--pool-cache N]\n\t[--modes "
 			"bare,array,array-min,graph,graphN[-nostats]]\n",
@@ -640,13 +645,13 @@ int main(int argc, char **argv)
 		for (m = 0; m < nm; m++) {
 			/* a run whose worker got < 90% of a CPU (another process on
 			 * it) is repeated, a few times at most, after a pause */
-			for (t = 0; t < MAX_TRIES; t++) {
+			for (t = 0; t < max_tries; t++) {
 				if (spawn(modes[m], eal_argc, argv, secs, warmup, &r) < 0) {
 					fprintf(stderr, "%s: failed: %s\n", modes[m], r.err);
 					failed = 1;
 					break;
 				}
-				if (r.v[MPPS] >= 0.9 * r.v[CPU_MPPS] || t + 1 == MAX_TRIES)
+				if (r.v[MPPS] >= 0.9 * r.v[CPU_MPPS] || t + 1 == max_tries)
 					break;
 				printf("%-16s %5u   (worker had %.0f%% of a CPU: again)\n",
 				       modes[m], k + 1, 100 * r.v[MPPS] / r.v[CPU_MPPS]);

@@ -15,7 +15,8 @@
 # collection on only inside the worker function (worker_main, bare_main,
 # mini_main), so EAL start-up and the main thread are not counted; the
 # collected Ir divided by every packet the sink got in that run (txtotal,
-# warm-up included) is the figure. --no-huge: valgrind and hugetlbfs do not
+# warm-up included) is the figure (--tries 1: under valgrind the worker
+# rarely gets 90 % of a CPU, and one run per mode is all that is needed). --no-huge: valgrind and hugetlbfs do not
 # mix well, and instructions do not depend on the page size.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -51,7 +52,7 @@ for m in "${list[@]}"; do
 		--file-prefix pydpinsn \
 		--vdev "net_pcap0,rx_pcap=$pcap,infinite_rx=1" \
 		--vdev "net_null0,no-rx=1" \
-		-- --secs "$secs" --warmup 0.5 --rounds 1 --modes "$m" \
+		-- --secs "$secs" --warmup 0.5 --rounds 1 --tries 1 --modes "$m" \
 		>"$tmp/out.txt" 2>"$tmp/err.txt" || { cat "$tmp/err.txt" >&2; exit 1; }
 	pkts=$(awk -v m="$m" '$1 == m && $2 == 1 { print $NF; exit }' "$tmp/out.txt")
 	# the child that ran the worker is the one profile with events in it

@@ -8,8 +8,10 @@
  * Non-IP, non-ARP frames (LLDP, ...) are not malformed: they take the
  * "other" edge.
  */
+#include <stddef.h>
 #include <string.h>
 
+#include <rte_byteorder.h>
 #include <rte_ip.h>
 #include <rte_prefetch.h>
 
@@ -224,52 +226,81 @@ static __rte_noinline int parse_ipv6(const uint8_t *ip, uint32_t avail,
 	}
 }
 
+/* What parse writes of struct pd_meta, in its order: bytes 2..9 (l3_off to
+ * flags), so the fast path sets them with one 8-byte store; in_port, pad and
+ * aux are not parse's and stay as they are. */
+struct parse_out {
+	uint16_t l3_off;
+	uint16_t l4_off;
+	uint8_t l3;
+	uint8_t l4_proto;
+	uint16_t flags;
+};
+_Static_assert(sizeof(struct parse_out) == 8 &&
+	       offsetof(struct pd_meta, l4_off) - offsetof(struct pd_meta, l3_off) == 2 &&
+	       offsetof(struct pd_meta, l3) - offsetof(struct pd_meta, l3_off) == 4 &&
+	       offsetof(struct pd_meta, l4_proto) - offsetof(struct pd_meta, l3_off) == 5 &&
+	       offsetof(struct pd_meta, flags) - offsetof(struct pd_meta, l3_off) == 6,
+	       "struct parse_out must mirror pd_meta from l3_off to flags");
+
 /*
  * The usual packet: untagged IPv4 without options, not a fragment, with a
  * well-formed UDP or TCP header. Sets exactly what parse_pkt() would and
  * returns true; anything else (including every drop) returns false and
- * takes the full walk.
+ * takes the full walk. Each range check is one unsigned compare
+ * (lo <= x <= hi as x - lo <= hi - lo), the EtherType and the
+ * version/IHL byte one 32-bit compare, the fragment bits tested in network
+ * order; the metadata is one 8-byte store.
+ * Measured with the checksum above (forward.yaml, pydp bench, on-CPU
+ * medians of 3 x 3 s, hugepages): before 58.6 cycles/pkt (bare 43.8),
+ * 313.8 instructions/pkt; this 58.7 (bare 43.9, the same within noise),
+ * 309.7 instructions/pkt.
  */
 static __rte_always_inline bool parse_fast(const uint8_t *d, uint32_t len,
 					   int verify, struct pd_meta *m)
 {
+	static const struct parse_out tmpl = {
+		.l3_off = 14, .l4_off = 34, .l3 = PD_L3_IPV4,
+	};
 	const uint8_t *ip = d + 14, *l4 = d + 34;
-	uint32_t tot, l4len;
+	uint64_t out;
+	uint32_t head, tot;
+	uint16_t frag;
 	uint8_t proto;
 
-	if (unlikely(len < 14 + 20 + 8 || pd_rd16(d + 12) != RTE_ETHER_TYPE_IPV4 ||
-		     ip[0] != 0x45))
+	if (unlikely(len < 14 + 20 + 8))
+		return false;
+	/* bytes 12..14: EtherType 0x0800, then version 4 with IHL 5 */
+	memcpy(&head, d + 12, 4);
+	if (unlikely((head & RTE_BE32(0xffffff00)) != RTE_BE32(0x08004500)))
 		return false;
 	tot = pd_rd16(ip + 2);
-	proto = ip[9];
-	if (unlikely(tot > len - 14 || tot < 20 + 8 ||
-		     (pd_rd16(ip + 6) & (RTE_IPV4_HDR_OFFSET_MASK |
-					 RTE_IPV4_HDR_MF_FLAG))))
+	/* 20 + 8 <= tot <= len - 14 (len >= 42) */
+	if (unlikely(tot - 28 > len - 42))
 		return false;
-	l4len = tot - 20;
+	memcpy(&frag, ip + 6, 2);
+	if (unlikely(frag & RTE_BE16(RTE_IPV4_HDR_OFFSET_MASK | RTE_IPV4_HDR_MF_FLAG)))
+		return false;
+	proto = ip[9];
 	if (proto == IPPROTO_UDP) {
-		uint16_t ulen = pd_rd16(l4 + 4);
-
-		if (unlikely(ulen < 8 || ulen > l4len))
+		/* 8 <= UDP length <= tot - 20 */
+		if (unlikely((uint32_t)pd_rd16(l4 + 4) - 8 > tot - 28))
 			return false;
 	} else if (proto == IPPROTO_TCP) {
-		unsigned doff;
-
-		if (unlikely(l4len < 20))  /* tot <= len - 14: l4[12] is inside */
-			return false;
-		doff = (unsigned)(l4[12] >> 4) * 4;
-		if (unlikely(doff < 20 || doff > l4len))
+		/* tot >= 40 first: then l4[12] is inside the frame;
+		 * 20 <= data offset <= tot - 20 */
+		if (unlikely(tot < 40 ||
+			     (uint32_t)(l4[12] >> 4) * 4 - 20 > tot - 40))
 			return false;
 	} else {
 		return false;
 	}
 	if (verify && unlikely(!ipv4_cksum_ok(ip, 20)))
 		return false;
-	m->l3_off = 14;
-	m->l4_off = 34;
-	m->l3 = PD_L3_IPV4;
-	m->l4_proto = proto;
-	m->flags = 0;
+	/* the template with l4_proto (its byte 5) filled in */
+	memcpy(&out, &tmpl, sizeof(out));
+	out |= (uint64_t)proto << (RTE_BYTE_ORDER == RTE_LITTLE_ENDIAN ? 40 : 16);
+	memcpy((uint8_t *)m + offsetof(struct pd_meta, l3_off), &out, sizeof(out));
 	return true;
 }
 
