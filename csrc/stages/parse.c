@@ -396,39 +396,38 @@ static const uint8_t l3_edge[] = {
 	[PD_L3_OTHER] = PD_PARSE_OTHER,
 };
 
-/* Parse one mbuf: 0 or a drop reason + 1. The PMD's IP checksum verdict,
- * when it gives one, stands in for the software sum: GOOD (or NONE: the
- * header's integrity was checked another way) skips it, BAD drops. */
-static __rte_always_inline int parse_mbuf(struct rte_mbuf *mb, int moff,
-					  const int verify_cfg)
+/*
+ * Parse one mbuf and give it its verdict: dropped with its reason, or on to
+ * the next stage. The PMD's IP checksum verdict, when it gives one, stands
+ * in for the software sum: GOOD (or NONE: the header's integrity was
+ * checked another way) skips it, BAD drops. `mb` is read once: the metadata
+ * stores may alias pkts[], which would make the compiler load it again.
+ */
+static __rte_always_inline void parse_mbuf(struct pd_stage *st,
+					   struct pd_worker *w,
+					   struct pd_buf *one, uint16_t *k,
+					   struct rte_mbuf *mb, int moff,
+					   const int verify_cfg)
 {
 	/* read before the metadata stores, which may alias the mbuf */
-	const uint64_t ipf = mb->ol_flags & RTE_MBUF_F_RX_IP_CKSUM_MASK;
+	const uint64_t ol = mb->ol_flags;
+	struct pd_meta *m = RTE_MBUF_DYNFIELD(mb, moff, struct pd_meta *);
 	int rc;
 
 	rc = parse_one(rte_pktmbuf_mtod(mb, const uint8_t *),
 		       rte_pktmbuf_data_len(mb),
-		       verify_cfg && !(ipf & RTE_MBUF_F_RX_IP_CKSUM_GOOD),
-		       RTE_MBUF_DYNFIELD(mb, moff, struct pd_meta *));
-	if (verify_cfg && unlikely(ipf == RTE_MBUF_F_RX_IP_CKSUM_BAD) && rc == 0)
+		       verify_cfg && !(ol & RTE_MBUF_F_RX_IP_CKSUM_GOOD), m);
+	/* one bit test per packet; the exact BAD value only when it is set */
+	if (verify_cfg && unlikely(ol & RTE_MBUF_F_RX_IP_CKSUM_BAD) &&
+	    (ol & RTE_MBUF_F_RX_IP_CKSUM_MASK) == RTE_MBUF_F_RX_IP_CKSUM_BAD &&
+	    rc == 0)
 		rc = PARSE_BAD_CKSUM + 1;
-	return rc;
-}
-
-/* One verdict: drop with its reason, or on to the next stage */
-static __rte_always_inline void parse_verdict(struct pd_stage *st,
-					      struct pd_worker *w,
-					      struct pd_buf *one, uint16_t *k,
-					      struct rte_mbuf *mb, int moff,
-					      int rc)
-{
 	if (unlikely(rc))
 		pd_drop(w, st, (unsigned)rc - 1, mb);
 	else if (likely(one != NULL))
 		one->pkts[(*k)++] = mb;
 	else
-		pd_emit(w, st, l3_edge[RTE_MBUF_DYNFIELD(mb, moff,
-							 struct pd_meta *)->l3], mb);
+		pd_emit(w, st, l3_edge[m->l3], mb);
 }
 
 /* prefetch the data of packet i + PARSE_AHEAD while parsing packet i */
@@ -458,12 +457,10 @@ static __rte_always_inline void parse_burst(struct pd_stage *st,
 		rte_prefetch0(rte_pktmbuf_mtod(pkts[i], void *));
 	for (i = 0; i + PARSE_AHEAD < n; i++) {
 		rte_prefetch0(rte_pktmbuf_mtod(pkts[i + PARSE_AHEAD], void *));
-		parse_verdict(st, w, one, &k, pkts[i], moff,
-			      parse_mbuf(pkts[i], moff, verify_cfg));
+		parse_mbuf(st, w, one, &k, pkts[i], moff, verify_cfg);
 	}
 	for (; i < n; i++)
-		parse_verdict(st, w, one, &k, pkts[i], moff,
-			      parse_mbuf(pkts[i], moff, verify_cfg));
+		parse_mbuf(st, w, one, &k, pkts[i], moff, verify_cfg);
 	if (one)
 		one->n = k;
 }
