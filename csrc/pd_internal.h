@@ -221,6 +221,10 @@ void pd_rcu_swap(struct pd_pipeline *p, void **slot, void *new_ptr,
  * fuzzer. Returns 0 or a positive drop reason (index + 1). */
 int pd_parse_raw(const uint8_t *data, uint32_t len, int verify_cksum,
 		 struct pd_meta *meta);
+/* the same without the IPv4 fast path (the full walk alone): the fuzzer
+ * checks that the two always agree */
+int pd_parse_walk(const uint8_t *data, uint32_t len, int verify_cksum,
+		  struct pd_meta *meta);
 
 /* source.c */
 struct pd_source;

@@ -362,6 +362,12 @@ int pd_parse_raw(const uint8_t *data, uint32_t len, int verify_cksum,
 	return parse_one(data, len, verify_cksum, m);
 }
 
+int pd_parse_walk(const uint8_t *data, uint32_t len, int verify_cksum,
+		  struct pd_meta *m)
+{
+	return parse_pkt(data, len, verify_cksum, m);
+}
+
 int pd_parse_buffer(const uint8_t *data, uint32_t len, int verify_cksum,
 		    uint16_t *l3_off, uint16_t *l4_off, uint8_t *l4_proto)
 {
