@@ -408,6 +408,7 @@ static const uint8_t l3_edge[] = {
  * in for the software sum: GOOD (or NONE: the header's integrity was
  * checked another way) skips it, BAD drops. `mb` is read once: the metadata
  * stores may alias pkts[], which would make the compiler load it again.
+ * 305.6 -> 303.6 instructions/pkt (forward.yaml, callgrind).
  */
 static __rte_always_inline void parse_mbuf(struct pd_stage *st,
 					   struct pd_worker *w,
@@ -444,7 +445,10 @@ static __rte_always_inline void parse_mbuf(struct pd_stage *st,
  * copies parse_process() calls, so the per-packet test is compiled out).
  * l3fwd's shape: prefetch the first PARSE_AHEAD packets, then parse i while
  * prefetching i + PARSE_AHEAD, then the tail without prefetch, no bound
- * check per packet.
+ * check per packet. forward.yaml under callgrind: 309.7 -> 305.6
+ * instructions/pkt. The prefetch is 4.9 of them: on net_pcap the PMD has
+ * just copied the data (it is in L1), but a NIC DMAs it, and l3fwd's
+ * prefetch is what pays there. Unrolled 4x: 1.5 fewer, not worth 4x code.
  */
 static __rte_always_inline void parse_burst(struct pd_stage *st,
 					    struct pd_worker *w,
