@@ -173,6 +173,11 @@ static inline void pd_emit(struct pd_worker *w, struct pd_stage *st,
 }
 
 void pd_tx_flush(struct pd_worker *w, uint16_t port_idx);
+/* Transmit `n` packets from `pkts` on `port_idx` now (counted; what the
+ * queue refuses is freed and counted as drop/tx_full): pd_tx_flush() on an
+ * array the caller owns. */
+void pd_tx_send(struct pd_worker *w, uint16_t port_idx, struct rte_mbuf **pkts,
+		uint16_t n);
 
 /* Queue a packet for transmission on pipeline port `port_idx`. */
 static inline void pd_tx(struct pd_worker *w, uint16_t port_idx,
@@ -185,12 +190,23 @@ static inline void pd_tx(struct pd_worker *w, uint16_t port_idx,
 }
 
 /* Queue `n` packets for transmission on `port_idx`: the same flushes as
- * n calls of pd_tx(), without reloading the buffer per packet. */
+ * n calls of pd_tx(), without reloading the buffer per packet. Whole
+ * bursts (PD_BURST packets) meeting an empty tx buffer are sent straight
+ * from `pkts`, with no copy: the usual case when every packet of an rx
+ * burst takes the same edge. forward.yaml: 303.6 -> 300.9 instructions/pkt
+ * (callgrind, benchmarks/graph_compare/insn.sh). */
 static inline void pd_tx_bulk(struct pd_worker *w, uint16_t port_idx,
 			      struct rte_mbuf **pkts, uint16_t n)
 {
 	struct pd_buf *b = &w->tx[port_idx];
 
+	/* PD_BURST at a time, as the buffered path sends: some PMDs take no
+	 * more per call, and what a PMD refuses counts as drop/tx_full */
+	while (b->n == 0 && n >= PD_BURST) {
+		pd_tx_send(w, port_idx, pkts, PD_BURST);
+		pkts += PD_BURST;
+		n = (uint16_t)(n - PD_BURST);
+	}
 	while (n) {
 		uint16_t k = b->n, c;
 
@@ -293,6 +309,10 @@ void pd_rcu_swap(struct pd_pipeline *p, void **slot, void *new_ptr,
  * fuzzer. Returns 0 or a positive drop reason (index + 1). */
 int pd_parse_raw(const uint8_t *data, uint32_t len, int verify_cksum,
 		 struct pd_meta *meta);
+/* the same without the IPv4 fast path (the full walk alone): the fuzzer
+ * checks that the two always agree */
+int pd_parse_walk(const uint8_t *data, uint32_t len, int verify_cksum,
+		  struct pd_meta *meta);
 
 /* source.c */
 struct pd_source;

@@ -437,27 +437,34 @@ void pd_drop_flush(struct pd_worker *w)
 	w->drop.n = 0;
 }
 
-void pd_tx_flush(struct pd_worker *w, uint16_t port_idx)
+void pd_tx_send(struct pd_worker *w, uint16_t port_idx, struct rte_mbuf **pkts,
+		uint16_t n)
 {
-	struct pd_buf *b = &w->tx[port_idx];
 	struct pd_pport *pp = &w->pl->ports[port_idx];
 	uint16_t sent, i;
 	uint64_t bytes = 0;
 
-	if (b->n == 0)
-		return;
-	for (i = 0; i < b->n; i++)
-		bytes += rte_pktmbuf_pkt_len(b->pkts[i]);
-	sent = rte_eth_tx_burst(pp->port_id, w->slot, b->pkts, b->n);
-	if (unlikely(sent < b->n)) {
+	for (i = 0; i < n; i++)
+		bytes += rte_pktmbuf_pkt_len(pkts[i]);
+	sent = rte_eth_tx_burst(pp->port_id, w->slot, pkts, n);
+	if (unlikely(sent < n)) {
 		/* what the queue refused is dropped and counted, as l3fwd does */
-		for (i = sent; i < b->n; i++)
-			bytes -= rte_pktmbuf_pkt_len(b->pkts[i]);
-		w->ctr[pp->ctr + PD_PCTR_TX_FULL] += b->n - sent;
-		rte_pktmbuf_free_bulk(b->pkts + sent, b->n - sent);
+		for (i = sent; i < n; i++)
+			bytes -= rte_pktmbuf_pkt_len(pkts[i]);
+		w->ctr[pp->ctr + PD_PCTR_TX_FULL] += n - sent;
+		rte_pktmbuf_free_bulk(pkts + sent, n - sent);
 	}
 	w->ctr[pp->ctr + PD_PCTR_TX] += sent;
 	w->ctr[pp->ctr + PD_PCTR_TX_BYTES] += bytes;
+}
+
+void pd_tx_flush(struct pd_worker *w, uint16_t port_idx)
+{
+	struct pd_buf *b = &w->tx[port_idx];
+
+	if (b->n == 0)
+		return;
+	pd_tx_send(w, port_idx, b->pkts, b->n);
 	b->n = 0;
 }
 
