@@ -8,20 +8,27 @@ per-SA counters (per worker, summed) match what scapy sent, in
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from typing import Any
 
 import pytest
-from conftest import PIPELINES
+from conftest import PIPELINES, ROOT
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
+from scapy.utils import wrpcap
 from test_esp import scapy_sa
 from test_stages import eth, pid, tag
 
 from pydp import Dataplane, Pipeline
 from pydp import table_stats as ts
+from pydp.control import call
 from pydp.metrics import MetricsServer
 
 parser = pytest.importorskip("prometheus_client.parser")
@@ -164,3 +171,120 @@ def test_esp_trace_names_the_sa_and_counters_match(ring_name):
     for k in keys:
         assert k[:16] not in text
     assert "key" not in text
+
+
+def _run_bg(args: list[str], sock: str) -> subprocess.Popen:
+    p = subprocess.Popen([sys.executable, "-m", "pydp.cli", "run", *args, "--control", sock,
+                          "--metrics", "0", "--duration", "120"], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return p
+
+
+def _wait_rx(sock: str, port: str, n: int, p: subprocess.Popen) -> None:
+    deadline = time.time() + 60
+    while not os.path.exists(sock):
+        assert p.poll() is None and time.time() < deadline, p.stderr.read()
+        time.sleep(0.1)
+    while call("stats", sock)["ports"][port]["rx_packets"] < n:
+        assert time.time() < deadline, call("stats", sock)
+        time.sleep(0.05)
+
+
+def _stop(p: subprocess.Popen) -> None:
+    if p.poll() is None:
+        p.send_signal(2)
+        p.communicate(timeout=30)
+    p.kill()
+
+
+def test_cli_stats_top_and_metrics_show_services_and_sas(tmp_path):
+    """`pydp stats [--json]`, `pydp top` and /metrics of a running `pydp run`: sections
+    per service and backend (load-balancer.yaml) and per SA (tunnel-gateway.yaml), with
+    the counts of the scapy packets it read from pcap files."""
+    from test_cli import pydp
+    syn = [eth() / IP(src="10.77.0.5", dst="10.77.0.100")
+           / TCP(sport=31000 + i, dport=80, flags="S") / tag(i) for i in range(6)]
+    wrpcap(str(tmp_path / "syn.pcap"), syn)
+    pl = Pipeline.load(PIPELINES / "tunnel-gateway.yaml")
+    s4 = scapy_sa({s.spi: s for s in pl.stage("decrypt").sas}[0x2001])
+    clear = [eth() / IP(src="10.1.0.9", dst="10.2.3.4") / UDP(dport=53) / tag(i)
+             for i in range(4)]
+    peer = [eth() / s4.encrypt(IP(src="10.2.0.1", dst="10.1.0.1") / UDP() / tag(30 + i))
+            for i in range(3)]
+    wrpcap(str(tmp_path / "clear.pcap"), clear)
+    wrpcap(str(tmp_path / "peer.pcap"), peer)
+    lb_sock, gw_sock = str(tmp_path / "lb.sock"), str(tmp_path / "gw.sock")
+    lb = _run_bg(["pipelines/load-balancer.yaml",
+                  "--port", f"clients=net_pcap_ig0,rx_pcap={tmp_path}/syn.pcap,"
+                            f"tx_pcap={tmp_path}/c.pcap",
+                  *[a for i in (1, 2, 3) for a in
+                    ("--port", f"be{i}=net_pcap_ig{i},tx_pcap={tmp_path}/b{i}.pcap")]], lb_sock)
+    try:
+        url = lb.stdout.readline().split("metrics: ")[1].split()[0]
+        _wait_rx(lb_sock, "clients", 6, lb)
+        r = pydp("stats", "--json", "--control", lb_sock)
+        assert r.returncode == 0, r.stderr
+        doc = json.loads(r.stdout)
+        (web,) = doc["services"]
+        assert "sas" not in doc and web["service"] == "web" and web["vip"] == "10.77.0.100"
+        bks = {b["backend"]: b for b in web["backends"]}
+        assert set(bks) == {"10.77.1.11:8080", "10.77.1.12:8080", "10.77.1.13:8080"}
+        assert sum(b["packets"] for b in bks.values()) == 6 == web["connections"]
+        assert sum(b["bytes"] for b in bks.values()) == sum(len(p) for p in syn)
+        tx = {f"10.77.1.1{i}:8080": doc["ports"][f"be{i}"]["tx_packets"] for i in (1, 2, 3)}
+        assert {k: b["packets"] for k, b in bks.items()} == tx
+        text = pydp("stats", "--control", lb_sock).stdout
+        assert "services:" in text and "lb/web 10.77.0.100:80/tcp maglev" in text
+        top = pydp("top", "--once", "--control", lb_sock)
+        assert top.returncode == 0, top.stderr
+        assert "SERVICE / BACKEND" in top.stdout and "10.77.1.12:8080" in top.stdout
+        s = samples(urllib.request.urlopen(url, timeout=10).read().decode())
+        for k, b in bks.items():
+            lab = (("backend", k), ("pipeline", "load-balancer"), ("service", "web"),
+                   ("stage", "lb"))
+            assert s[("pydp_lb_backend_packets_total", lab)] == b["packets"]
+            assert s[("pydp_lb_backend_connections_total", lab)] == b["connections_total"]
+    finally:
+        _stop(lb)
+    gw = _run_bg(["pipelines/tunnel-gateway.yaml",
+                  "--port", f"inside=net_pcap_ig4,rx_pcap={tmp_path}/clear.pcap,"
+                            f"tx_pcap={tmp_path}/in.pcap",
+                  "--port", f"outside=net_pcap_ig5,rx_pcap={tmp_path}/peer.pcap,"
+                            f"tx_pcap={tmp_path}/out.pcap"], gw_sock)
+    try:
+        url = gw.stdout.readline().split("metrics: ")[1].split()[0]
+        _wait_rx(gw_sock, "inside", 4, gw)
+        _wait_rx(gw_sock, "outside", 3, gw)
+        r = pydp("stats", "--json", "--control", gw_sock)
+        assert r.returncode == 0, r.stderr
+        doc = json.loads(r.stdout)
+        assert "services" not in doc
+        sas = {a["spi_hex"]: a for a in doc["sas"]}
+        assert set(sas) == {"0x1001", "0x1002", "0x2001", "0x2002"}
+        assert (sas["0x1001"]["packets"], sas["0x1001"]["bytes"]) == \
+            (4, sum(len(p) - 14 for p in clear))
+        assert sas["0x2001"]["packets"] == 3 and sas["0x2002"]["packets"] == 0
+        assert not any("key" in k for a in doc["sas"] for k in a)
+        text = pydp("stats", "--control", gw_sock).stdout
+        assert "SAs:" in text and "spi 0x2001" in text
+        top = pydp("top", "--once", "--control", gw_sock)
+        assert top.returncode == 0 and "decrypt spi 0x2001" in top.stdout, top.stderr
+        s = samples(urllib.request.urlopen(url, timeout=10).read().decode())
+        assert s[("pydp_esp_sa_packets_total", (("direction", "in"), ("pipeline", pl.name),
+                                                ("spi", "0x2001"), ("stage", "decrypt")))] == 3
+    finally:
+        _stop(gw)
+
+
+def test_graph_of_lb_and_tunnel_renders_without_keys(tmp_path):
+    """`pydp graph` of both pipelines writes an SVG; no SA key is in the drawing."""
+    from test_cli import pydp
+    for name in ("load-balancer", "tunnel-gateway"):
+        out = tmp_path / f"{name}.svg"
+        r = pydp("graph", f"pipelines/{name}.yaml", "-o", str(out))
+        if r.returncode != 0 and "dot" in r.stderr:
+            pytest.skip("Graphviz dot is not installed")
+        assert r.returncode == 0, r.stderr
+        svg = out.read_text()
+        assert "<svg" in svg and ("lb" in svg if name == "load-balancer" else "encrypt" in svg)
+        assert "0001020304" not in svg and "5051525354" not in svg
