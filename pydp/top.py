@@ -1,4 +1,4 @@
-"""``pydp top``: ports, stages and the top flows of a running dataplane, refreshed each second.
+"""``pydp top``: ports, stages, services/backends, SAs and top flows, refreshed each second.
 
 Plain text with an ANSI home-and-clear between frames when stdout is a
 terminal; piped (or with ``--once`` / ``--iterations N``) it prints frames
