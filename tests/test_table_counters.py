@@ -288,3 +288,67 @@ def test_graph_of_lb_and_tunnel_renders_without_keys(tmp_path):
         svg = out.read_text()
         assert "<svg" in svg and ("lb" in svg if name == "load-balancer" else "encrypt" in svg)
         assert "0001020304" not in svg and "5051525354" not in svg
+
+
+def test_lb_counters_are_per_worker_rows_summed(ring_name):
+    """Two workers: client packets on queue 0 (worker 0), the backends' replies on
+    queue 1 (worker 1). Each worker counts in its own row; the sums are the totals."""
+    pl = Pipeline.load(PIPELINES / "load-balancer.yaml")
+    with Dataplane(pl, ports={p: ring_name(2) for p in pl.ports}, workers=2) as dp:
+        dp.start()
+        syn = [eth() / IP(src="10.77.0.5", dst="10.77.0.100")
+               / TCP(sport=32000 + i, dport=80, flags="S") / tag(i) for i in range(12)]
+        dp.port("clients").inject(syn, queue=0)
+        out: dict[int, Ether] = {}
+        deadline = time.monotonic() + 10
+        while len(out) < 12 and time.monotonic() < deadline:
+            for be in ("be1", "be2", "be3"):
+                n = dp.port(be).pending()
+                if n:
+                    for p in capture_all(dp, be, n):
+                        out[pid(p)] = p
+            time.sleep(0.01)
+        assert sorted(out) == list(range(12))
+        port_of = {"10.77.1.11": "be1", "10.77.1.12": "be2", "10.77.1.13": "be3"}
+        replies = {i: eth() / IP(src=p[IP].dst, dst="10.77.0.5")
+                   / TCP(sport=8080, dport=32000 + i, flags="SA") / tag(100 + i)
+                   for i, p in out.items()}
+        for i, r in replies.items():
+            dp.port(port_of[out[i][IP].dst]).inject([r], queue=1)
+        assert len(capture_all(dp, "clients", 12)) == 12
+        rows = ts.lb_counters(dp, "lb").copy()
+        stats = {b["backend"]: b for b in ts.lb_stats(dp, "lb")[0]["backends"]}
+        _, ids = ts.lb_live(dp, "lb")
+        dp.stop()
+        assert dp.stats().balanced() and dp.pool.in_use() == 0
+    for name, bid in ids["web"].items():
+        mine = [i for i, p in out.items() if f"{p[IP].dst}:8080" == name]
+        # worker 0 saw the clients' packets and assigned the flows, worker 1 the replies
+        assert rows[0, bid, 0] == len(mine) and rows[0, bid, 2] == len(mine)
+        assert rows[1, bid, 0] == len(mine) and rows[1, bid, 2] == 0
+        assert rows[1, bid, 1] == sum(len(replies[i]) for i in mine)
+        assert stats[name]["packets"] == 2 * len(mine)
+        assert stats[name]["bytes"] == sum(len(syn[i]) + len(replies[i]) for i in mine)
+    assert not rows[2:].any()
+
+
+def test_sa_counters_are_per_worker_rows_summed(ring_name):
+    """One outbound SA fed on two queues (two workers): a row each, summed by sa_list."""
+    pl = Pipeline.load(PIPELINES / "tunnel-gateway.yaml")
+    clear = [eth() / IP(src="10.1.0.9", dst="10.2.3.4") / UDP(dport=53) / tag(i)
+             for i in range(5)]
+    with Dataplane(pl, ports={p: ring_name(2) for p in pl.ports}, workers=2) as dp:
+        dp.start()
+        dp.port("inside").inject(clear[:3], queue=0)
+        dp.port("inside").inject(clear[3:], queue=1)
+        assert len(capture_all(dp, "outside", 5)) == 5
+        rows = ts.sa_counters(dp, "encrypt", 0x1001)
+        listed = {a["spi"]: a for a in dp.sa_list("encrypt")}[0x1001]
+        dp.stop()
+        assert dp.stats().balanced() and dp.pool.in_use() == 0
+    assert rows.shape == (2, 10)
+    assert list(rows[:, 0]) == [3, 2]
+    assert list(rows[:, 1]) == [sum(len(p) - 14 for p in clear[:3]),
+                                sum(len(p) - 14 for p in clear[3:])]
+    assert (listed["packets"], listed["bytes"]) == (5, int(rows[:, 1].sum()))
+    assert not rows[:, 2:].any()
