@@ -296,6 +296,8 @@ def _execute(pl: Any, ports: dict[str, str], workers: list[int] | None,
             doc = st.to_dict()
             doc["pipeline"] = pl.name
             doc["stopped_by"] = why
+            from .table_stats import sections
+            doc.update(sections(dp))  # per service/backend and per SA, when present
             click.echo(json.dumps(doc, indent=2))
         else:
             click.echo(f"pydp: stopped ({why})", file=out)
