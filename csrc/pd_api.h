@@ -553,3 +553,17 @@ int64_t pd_maglev_build(const uint64_t *keys, const uint32_t *weights,
 			unsigned n, uint32_t m, int32_t *table);
 
 #endif /* PD_API_H */
+
+/* ---- integration: per-worker counters of lb backends and ESP SAs ---- */
+/* The lb stage's per-worker backend counters, zero-copy: *base points at
+ * rows x PD_LB_MAX_BACKENDS x 4 uint64 (packets, bytes, flows assigned,
+ * pad), row = worker slot; sum the rows. Valid while the pipeline lives. */
+int pd_lb_counters(struct pd_pipeline *p, int stage, uint64_t **base,
+		   unsigned *rows);
+/* One SA's per-worker counters, copied: out[r * PD_ESP_SA_NCTR + k], k =
+ * packets, bytes, then a drop count per pd_esp_sa_drop_name(i), for r <
+ * max_rows. Returns the rows written (the pipeline's workers), -ENOENT if
+ * the stage has no SA `spi`. */
+#define PD_ESP_SA_NCTR 10
+int pd_esp_sa_counters(struct pd_pipeline *p, int stage, uint32_t spi,
+		       uint64_t *out, unsigned max_rows);

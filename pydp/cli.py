@@ -212,7 +212,12 @@ def serve_dataplane(dp: Any, ports: dict[str, str], path: str | None) -> Any:
     from .control import ControlServer
     srv = ControlServer(path or None)
     info = eal.info()
-    srv.register("stats", lambda: dp.stats().to_dict())
+    from .table_stats import sections
+
+    def stats_cmd() -> dict:
+        # counters, and per service/backend and per SA when the pipeline has them
+        return {**dp.stats().to_dict(), **sections(dp)}
+    srv.register("stats", stats_cmd)
     from . import esp  # ESP: SAs by stage, and no key in anything shown
     srv.register("pipeline", lambda: esp.redact_keys(dp.pipeline.to_dict()))
     srv.register("sas", lambda: esp.state(dp))
@@ -291,6 +296,8 @@ def _execute(pl: Any, ports: dict[str, str], workers: list[int] | None,
             doc = st.to_dict()
             doc["pipeline"] = pl.name
             doc["stopped_by"] = why
+            from .table_stats import sections
+            doc.update(sections(dp))  # per service/backend and per SA, when present
             click.echo(json.dumps(doc, indent=2))
         else:
             click.echo(f"pydp: stopped ({why})", file=out)
@@ -355,6 +362,10 @@ def stats(control: str | None, as_json: bool, watch: bool, interval: float,
                 if watch:
                     click.clear()
                 click.echo(Stats.from_dict(doc).summary())
+                from .table_stats import summary
+                extra = summary(doc)
+                if extra:
+                    click.echo(extra)
             if not watch:
                 return
             try:

@@ -121,7 +121,7 @@ def capture(port: str | None, stage: str | None, path: str, count: int,
 @_control_opt
 def top(interval: float, once: bool, iterations: int, n_flows: int,
         control: str | None) -> None:
-    """Live view of a running dataplane: ports, stages and the top flows."""
+    """Live view of a running dataplane: ports, stages, services and SAs, top flows."""
     from . import top as tp
     from .control import ControlClient
     if interval <= 0:

@@ -26,9 +26,12 @@ or ``tracked`` for a conntrack stage without a policy. Identities come from
 the policy model (address -> identity name and labels) of the policy stage
 that confirms the flows, when one is loaded.
 
-:class:`FlowLog` also does the ageing ``pydp run`` needs for every
-conntrack stage (:func:`pydp.flows.expire` every ``interval``), with or
-without a log file.
+:class:`FlowLog` is also the one background ager of the flow tables:
+``pydp run`` ticks one for every conntrack stage, with or without a log
+file (``FlowLog(dp, None)``: :func:`pydp.flows.expire` every ``interval``;
+with a file the same expiry scan hands over each deleted flow for its end
+line). Ageing expires idle flows, recycles evicted slots and, through the lb
+stage's release hook, lowers the backends' live connection counts.
 """
 
 from __future__ import annotations
@@ -132,6 +135,9 @@ class FlowLog:
 
     def __init__(self, dp: Dataplane, path: str | None = None, interval: float = 1.0) -> None:
         """``path``: the JSON-lines file (None: age only). ``interval``: seconds per tick."""
+        if interval <= 0:
+            from .errors import InvalidArgument
+            raise InvalidArgument(f"interval must be positive, not {interval}")
         self.dp = dp
         self.path = path
         self.interval = interval
@@ -227,19 +233,19 @@ class FlowLog:
                 idx = self.dp.stage_index[stage]
                 pol, ids = self._context(stage)
                 now = time.time()
-                if self._out is not None:
-                    self._starts(stage, fl.flows(self.dp, stage), pol, ids, now)
+                if self._out is None:  # age only
+                    self.counts["expired"] += fl.expire(self.dp, stage)
+                    continue
+                self._starts(stage, fl.flows(self.dp, stage), pol, ids, now)
                 n_out = ffi.new("unsigned *")
                 while True:
                     n = check(lib.pd_conntrack_expire_log(
                         self.dp._cp, idx, 0,
-                        ffi.from_buffer("struct pd_flow_rec[]", self._buf) if self._out
-                        else ffi.NULL, _BATCH if self._out else 0, n_out))
+                        ffi.from_buffer("struct pd_flow_rec[]", self._buf), _BATCH, n_out))
                     self.counts["expired"] += n
-                    if self._out is not None:
-                        for r in fl.records(self._buf[:n_out[0]]):
-                            self._end_doc(stage, r, pol, ids, "idle", now)
-                    if self._out is None or n_out[0] < _BATCH:
+                    for r in fl.records(self._buf[:n_out[0]]):
+                        self._end_doc(stage, r, pol, ids, "idle", now)
+                    if n_out[0] < _BATCH:
                         break
             if self._out is not None:
                 for st in self.policy_stages:
@@ -309,10 +315,13 @@ class FlowLog:
             self._out = None
 
     # -- background ----------------------------------------------------------------------
-    def start(self) -> None:
-        """Tick every ``interval`` s in a daemon thread."""
-        self._thread = threading.Thread(target=self._run, name="pydp-flowlog", daemon=True)
-        self._thread.start()
+    def start(self) -> FlowLog:
+        """Tick every ``interval`` s in a daemon thread (once; nothing without conntrack)."""
+        if self.stages and self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="pydp-flowlog",
+                                            daemon=True)
+            self._thread.start()
+        return self
 
     def _run(self) -> None:
         while not self._halt.wait(self.interval):

@@ -131,7 +131,7 @@ def tcp_state_names(recs: np.ndarray) -> list[str]:
     return out
 
 
-__all__ = ["FLOW_DTYPE", "STATES", "TCP_STATES", "Ager", "addresses", "count", "expire", "flows",
+__all__ = ["FLOW_DTYPE", "STATES", "TCP_STATES", "addresses", "count", "expire", "flows",
            "records", "state_names", "tcp_state_names"]
 
 
@@ -168,56 +168,3 @@ def records(recs: np.ndarray, addr: str | None = None, port: int | None = None,
         if limit and len(out) >= limit:
             break
     return out
-
-
-class Ager:
-    """Ages every conntrack stage of a dataplane from a background thread.
-
-    Calls :func:`expire` on each conntrack stage every ``interval`` seconds
-    (``max_scan`` slots per call, 0: the whole table). ``pydp run`` starts one,
-    so flows expire, evicted slots are recycled and least-connections counts
-    fall as connections end. The workers never wait for it.
-    """
-
-    def __init__(self, dp: Dataplane, interval: float = 1.0, max_scan: int = 0) -> None:
-        """Prepare; :meth:`start` (or ``with``) runs it."""
-        import threading
-
-        if interval <= 0:
-            raise InvalidArgument(f"interval must be positive, not {interval}")
-        self.dp = dp
-        self.interval = interval
-        self.max_scan = max_scan
-        self.stages = [s.name for s in dp.pipeline.stages if isinstance(s, Conntrack)]
-        self.expired = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> Ager:
-        """Start the thread (nothing to do without a conntrack stage)."""
-        import threading
-
-        if self.stages and self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="pydp-ager", daemon=True)
-            self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            for st in self.stages:
-                if self.dp._cp is None:
-                    return
-                self.expired += expire(self.dp, st, self.max_scan)
-
-    def close(self) -> None:
-        """Stop the thread and wait for it."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
-
-    def __enter__(self) -> Ager:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -96,6 +96,52 @@ def policy_metrics(dp: Any) -> Iterable[Metric]:
 
 register_provider("policy", policy_metrics)
 
+
+def lb_metrics(dp: Any) -> Iterable[Metric]:
+    """Per lb service and backend: packets, bytes (both directions, per-worker rows
+    summed), flows assigned, live connections (gauge)."""
+    from .table_stats import lb_stages, lb_stats
+    if dp._cp is None:
+        return
+    for st in lb_stages(dp):
+        for s in lb_stats(dp, st):
+            for b in s["backends"]:
+                lab = {"stage": st, "service": s["service"], "backend": b["backend"]}
+                yield Metric("pydp_lb_backend_packets_total",
+                             "Packets the load balancer translated for the backend (both "
+                             "directions).", lab, b["packets"])
+                yield Metric("pydp_lb_backend_bytes_total",
+                             "Bytes the load balancer translated for the backend (both "
+                             "directions).", lab, b["bytes"])
+                yield Metric("pydp_lb_backend_connections_total",
+                             "Flows the load balancer gave the backend.", lab,
+                             b["connections_total"])
+                yield Metric("pydp_lb_backend_connections",
+                             "Live flows on the backend.", lab, b["connections"], "gauge")
+
+
+def esp_metrics(dp: Any) -> Iterable[Metric]:
+    """Per IPsec SA (by SPI, never a key): packets, bytes, drops by reason."""
+    from .esp import esp_stages
+    from .table_stats import sa_stats
+    if dp._cp is None:
+        return
+    for st in esp_stages(dp):
+        for sa in sa_stats(dp, st):
+            lab = {"stage": st, "spi": sa["spi_hex"], "direction": sa["direction"]}
+            yield Metric("pydp_esp_sa_packets_total",
+                         "Packets the SA encrypted (out) or decrypted and passed (in).",
+                         lab, sa["packets"])
+            yield Metric("pydp_esp_sa_bytes_total",
+                         "Inner IP bytes the SA encrypted or decrypted.", lab, sa["bytes"])
+            for reason, n in sa["drops"].items():
+                yield Metric("pydp_esp_sa_drops_total", "Packets of the SA dropped, by reason.",
+                             {"stage": st, "spi": sa["spi_hex"], "reason": reason}, n)
+
+
+register_provider("lb", lb_metrics)
+register_provider("esp", esp_metrics)
+
 _PORT_METRICS = {
     "rx_packets": ("pydp_port_rx_packets_total", "Packets received on the port."),
     "rx_bytes": ("pydp_port_rx_bytes_total", "Bytes received on the port."),

@@ -120,6 +120,8 @@ class ObsService:
                 top.append({"stage": st.name, **r})
         top.sort(key=lambda r: -(r["bytes_orig"] + r["bytes_reply"]))
         doc["top_flows"] = top[:int(flows)]
+        from .table_stats import sections
+        doc.update(sections(self.dp))  # services/backends and SAs, when present
         return doc
 
     def register(self, server: Any) -> None:

@@ -661,7 +661,8 @@ class LoadBalancer(Stage):
         assert self._pl is not None
         ct = [s.name for s in self._pl.order()].index(self.conntrack)
         check(lib.pd_lb_config(cp, idx, ct))
-        commit(cp, idx, self.service_objects())
+        #: backend ids by service and backend name (trace and counters name them)
+        self._ids = commit(cp, idx, self.service_objects())
 
 
 STAGE_TYPES: dict[str, type[Stage]] = {

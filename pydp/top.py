@@ -1,4 +1,4 @@
-"""``pydp top``: ports, stages and the top flows of a running dataplane, refreshed each second.
+"""``pydp top``: ports, stages, services/backends, SAs and top flows, refreshed each second.
 
 Plain text with an ANSI home-and-clear between frames when stdout is a
 terminal; piped (or with ``--once`` / ``--iterations N``) it prints frames
@@ -53,6 +53,31 @@ def render(doc: dict[str, Any], prev: dict[str, Any] | None = None, dt: float = 
         drops = ", ".join(f"{k} {v}" for k, v in s["drops"].items() if v) or "-"
         lines.append(f"{name:<14}{_si(_rate(s, prv, 'in', dt)):>10}{s['in']:>14}{cyc:>9}  "
                      f"{drops}"[:width])
+    svcs = doc.get("services")
+    if svcs:
+        lines += ["", f"{'SERVICE / BACKEND':<36}{'state':<8}{'pps':>10}{'pkts':>12}"
+                      f"{'bytes':>14}{'live':>8}"]
+        prevb = {(s["stage"], s["service"], b["backend"]): b
+                 for s in (prev or {}).get("services", []) for b in s["backends"]}
+        for s in svcs:
+            lines.append(f"{s['service'] + ' ' + s['vip'] + ':' + str(s['port']):<36}"
+                         f"{s['algorithm']:<8}{'':>10}{s['packets']:>12}{s['bytes']:>14}"
+                         f"{s['connections']:>8}")
+            for b in s["backends"]:
+                pb = prevb.get((s["stage"], s["service"], b["backend"]))
+                lines.append(f"{'  ' + b['backend']:<36}{b['state']:<8}"
+                             f"{_si(_rate(b, pb, 'packets', dt)):>10}{b['packets']:>12}"
+                             f"{b['bytes']:>14}{b['connections']:>8}")
+    sas = doc.get("sas")
+    if sas:
+        lines += ["", f"{'SA':<28}{'dir':<5}{'state':<14}{'pps':>10}{'pkts':>12}"
+                      f"{'bytes':>14}{'drops':>8}"]
+        prevs = {(a["stage"], a["spi"]): a for a in (prev or {}).get("sas", [])}
+        for a in sas:
+            pa = prevs.get((a["stage"], a["spi"]))
+            lines.append(f"{a['stage'] + ' spi ' + a['spi_hex']:<28}{a['direction']:<5}"
+                         f"{a['state']:<14}{_si(_rate(a, pa, 'packets', dt)):>10}"
+                         f"{a['packets']:>12}{a['bytes']:>14}{sum(a['drops'].values()):>8}")
     flows = doc.get("top_flows")
     if flows is not None:
         lines += ["", f"{'TOP FLOWS':<48}{'state':<12}{'pkts':>10}{'bytes':>12}"]

@@ -50,8 +50,9 @@ class TraceEvent:
     to: str = ""                # emit/copy: next stage; tx/copy: port
     reason: str = ""            # drop: the named reason
     table: str = ""             # hit: rule, flow, flow-new, backend, service, sa, route
-    id: int = -1                # hit: rule id / flow index / backend / SA id
-    name: str = ""              # hit: a rule's name, when known
+    id: int = -1                # hit: rule id / flow index / backend id / service id / SPI
+    name: str = ""              # hit: rule name, service name, "service addr:port" of a
+                                # backend, "spi 0x..." of an SA, when known
     ns: int = 0                 # ns since the packet was received
 
     def describe(self) -> str:
@@ -69,6 +70,8 @@ class TraceEvent:
         if self.kind == "held":
             return "  -> held by the stage (no verdict in this burst)"
         default = self.table == "rule" and self.id == DEFAULT_RULE
+        if self.table == "sa" and self.name:
+            return f"  hit sa {self.name}"
         if self.name:
             return f"  hit {self.table} {self.name}" + ("" if default else f" (id {self.id})")
         return f"  hit {self.table} {'(default)' if default else self.id}"
@@ -153,7 +156,31 @@ def _names(dp: Dataplane) -> tuple[dict[int, Any], dict[int, str]]:
     return stages, ports
 
 
-def _decode(dp: Dataplane, r: Any, rule_name: Callable[[str, int], str] | None) -> TraceRecord:
+def _lb_names(dp: Dataplane) -> dict[str, tuple[dict[int, str], dict[int, str]]]:
+    from .table_stats import lb_names, lb_stages
+    try:
+        return {st: lb_names(dp, st) for st in lb_stages(dp)}
+    except Exception:  # noqa: BLE001 - names are a courtesy: ids still print
+        return {}
+
+
+def hit_name(table: str, id_: int, stage: str,
+             lb: dict[str, tuple[dict[int, str], dict[int, str]]]) -> str:
+    """The name of a service, backend or SA hit (rules: see ``rule_name``); "" unknown.
+
+    Service: its name; backend: ``"service addr:port"`` (the lb stage notes the
+    pool id it keeps per flow); SA: ``"spi 0x..."`` (ESP stages note the SPI, the
+    SA's identity in ``sa_list``/``sa_remove``).
+    """
+    if table == "sa":
+        return f"spi 0x{id_:x}"
+    if table in ("service", "backend") and stage in lb:
+        return lb[stage][0 if table == "service" else 1].get(id_, "")
+    return ""
+
+
+def _decode(dp: Dataplane, r: Any, rule_name: Callable[[str, int], str] | None,
+            lb: dict[str, tuple[dict[int, str], dict[int, str]]] | None = None) -> TraceRecord:
     stages, ports = _names(dp)
     hz = lib.pd_tsc_hz() or 1
     evs = []
@@ -182,6 +209,8 @@ def _decode(dp: Dataplane, r: Any, rule_name: Callable[[str, int], str] | None) 
             ev.id = int(e.value)
             if ev.table == "rule" and rule_name is not None:
                 ev.name = rule_name(sname, ev.id)
+            elif ev.table in ("service", "backend", "sa"):
+                ev.name = hit_name(ev.table, ev.id, sname, lb or {})
         evs.append(ev)
     return TraceRecord(seq=int(r.seq), worker=int(r.worker),
                        in_port=ports.get(r.in_port, str(r.in_port)), queue=int(r.queue),
@@ -210,9 +239,12 @@ def read(dp: Dataplane, rule_name: Callable[[str, int], str] | None = None
     """The records finished since the last read, in match order."""
     buf = ffi.new("struct pd_trace_rec[]", _READ_BATCH)
     out: list[TraceRecord] = []
+    lb: dict[str, tuple[dict[int, str], dict[int, str]]] | None = None
     while True:
         n = check(lib.pd_trace_read(dp._cp, buf, _READ_BATCH))
-        out.extend(_decode(dp, buf[i], rule_name) for i in range(n))
+        if n and lb is None:
+            lb = _lb_names(dp)
+        out.extend(_decode(dp, buf[i], rule_name, lb) for i in range(n))
         if n < _READ_BATCH:
             return sorted(out, key=lambda r: r.seq)
 

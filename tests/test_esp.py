@@ -612,6 +612,8 @@ def test_tunnel_gateway_cli_pcap_and_tshark(tmp_path):
         assert r.returncode == 0, r.stderr
         doc = json.loads(r.stdout)
         assert doc["totals"]["tx"] == 5 and doc["totals"]["balanced"], doc
+        sas = {a["spi_hex"]: a for a in doc["sas"]}   # the final per-SA counters
+        assert sas["0x1001"]["packets"] == 5 and sas["0x2001"]["packets"] == 0
     res = subprocess.run(["tshark", "-r", str(tmp_path / "esp.pcap"), "-T", "fields",
                           "-e", "frame.protocols", "-e", "esp.spi"], capture_output=True,
                          text=True, timeout=60, check=True)

@@ -26,6 +26,7 @@ from test_stages import Result, check_accounting, eth, pid, tag
 
 from pydp import ConfigError, Dataplane, Pipeline
 from pydp import flows as ft
+from pydp.flowlog import FlowLog
 from pydp.lb import Service, Services, maglev_build
 from pydp.stages import Conntrack, Forward, LoadBalancer, Parse
 
@@ -458,18 +459,20 @@ def test_runtime_changes_rejected_naming_the_field(ring_name):
 
 
 def test_ager_expires_flows_and_least_conn_counts_fall(ring_name):
-    """pydp run ages flows in the background (flows.Ager): connections that ended leave
-    the table and the backends' live counts, without any call from the test."""
+    """pydp run ages flows in the background (FlowLog without a file: the one ager):
+    connections that ended leave the table and the backends' live counts, without any
+    call from the test."""
     pl = lb_pipeline([service("least_conn", 2)], timeouts={"udp": 0.1})
     with session(ring_name, pl=pl) as s:
         svc = Services(s.dp)
         send_flows(s, range(20))
         assert sum(b["conns"] for b in svc.show()["services"][0]["backends"]) == 20
-        with ft.Ager(s.dp, interval=0.05) as ager:
+        with FlowLog(s.dp, None, interval=0.05) as ager:
+            ager.start()
             deadline = time.monotonic() + 10
             while s.count() and time.monotonic() < deadline:
                 time.sleep(0.02)
-        assert s.count() == 0 and ager.expired == 20
+        assert s.count() == 0 and ager.counts["expired"] == 20
         assert [b["conns"] for b in svc.show()["services"][0]["backends"]] == [0, 0]
         assert [b["assigned"] for b in svc.show()["services"][0]["backends"]] == [10, 10]
 

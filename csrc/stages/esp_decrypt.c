@@ -115,7 +115,7 @@ static void dec_drop(struct pd_stage *st, struct pd_worker *w, struct esp_sa *sa
 		     unsigned reason, unsigned sa_reason, struct rte_mbuf *m)
 {
 	pd_drop(w, st, reason, m);
-	esp_sa_drop(sa, sa_reason, 1);
+	esp_sa_drop(sa, w->slot, sa_reason, 1);
 }
 
 /* ---- the anti-replay window (RFC 6479 bitmap) ---------------------------
@@ -175,20 +175,21 @@ static void dec_group(struct pd_stage *st, struct pd_worker *w,
 	uint64_t top = top0, bytes = 0;
 	uint16_t i, k, good, ok, passed = 0;
 
-	if (unlikely(esp_sa_expired(sa, now))) {
+	esp_trace_sa(w, st, sa, mb, n);
+	if (unlikely(esp_sa_expired(sa, w->pl->n_workers, now))) {
 		for (i = 0; i < n; i++)
 			pd_drop(w, st, DEC_EXPIRED, mb[i]);
-		esp_sa_drop(sa, ESP_SD_EXPIRED, n);
+		esp_sa_drop(sa, w->slot, ESP_SD_EXPIRED, n);
 		return;
 	}
 	if (sa->hard_packets) {
-		uint64_t pk = __atomic_load_n(&sa->packets, __ATOMIC_RELAXED);
+		uint64_t pk = esp_sa_sum(sa, w->pl->n_workers, 0);
 		uint64_t left = pk < sa->hard_packets ? sa->hard_packets - pk : 0;
 
 		if (left < n) {
 			for (i = (uint16_t)left; i < n; i++)
 				pd_drop(w, st, DEC_EXPIRED, mb[i]);
-			esp_sa_drop(sa, ESP_SD_EXPIRED, n - left);
+			esp_sa_drop(sa, w->slot, ESP_SD_EXPIRED, n - left);
 			n = (uint16_t)left;
 		}
 	}
@@ -297,7 +298,7 @@ static void dec_group(struct pd_stage *st, struct pd_worker *w,
 	}
 	if (top != top0)
 		__atomic_store_n(&sa->seq, top, __ATOMIC_RELAXED);
-	esp_sa_count(sa, passed, bytes);
+	esp_sa_count(sa, w->slot, passed, bytes);
 }
 
 static void dec_process(struct pd_stage *st, struct pd_worker *w,

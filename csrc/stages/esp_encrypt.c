@@ -72,10 +72,11 @@ static void enc_group(struct pd_stage *st, struct pd_worker *w,
 	uint16_t i, k, good, ok;
 	uint64_t bytes = 0;
 
-	if (unlikely(esp_sa_expired(sa, now))) {
+	esp_trace_sa(w, st, sa, mb, n);
+	if (unlikely(esp_sa_expired(sa, w->pl->n_workers, now))) {
 		for (i = 0; i < n; i++)
 			pd_drop(w, st, ENC_EXPIRED, mb[i]);
-		esp_sa_drop(sa, ESP_SD_EXPIRED, n);
+		esp_sa_drop(sa, w->slot, ESP_SD_EXPIRED, n);
 		return;
 	}
 	/* what cannot take the ESP overhead goes last, out of the SA's way */
@@ -85,7 +86,7 @@ static void enc_group(struct pd_stage *st, struct pd_worker *w,
 		if (unlikely(m->nb_segs != 1 || rte_pktmbuf_headroom(m) < ENC_HEADROOM ||
 			     rte_pktmbuf_tailroom(m) < ENC_TAILROOM)) {
 			pd_drop(w, st, ENC_NO_ROOM, m);
-			esp_sa_drop(sa, ESP_SD_CRYPTO, 1);
+			esp_sa_drop(sa, w->slot, ESP_SD_CRYPTO, 1);
 			continue;
 		}
 		m->l2_len = pd_meta(m)->l3_off;
@@ -95,13 +96,13 @@ static void enc_group(struct pd_stage *st, struct pd_worker *w,
 	if (n == 0)
 		return;
 	if (sa->hard_packets) {
-		uint64_t pk = __atomic_load_n(&sa->packets, __ATOMIC_RELAXED);
+		uint64_t pk = esp_sa_sum(sa, w->pl->n_workers, 0);
 		uint64_t left = pk < sa->hard_packets ? sa->hard_packets - pk : 0;
 
 		if (left < n) {
 			for (i = (uint16_t)left; i < n; i++)
 				pd_drop(w, st, ENC_EXPIRED, mb[i]);
-			esp_sa_drop(sa, ESP_SD_EXPIRED, n - left);
+			esp_sa_drop(sa, w->slot, ESP_SD_EXPIRED, n - left);
 			n = (uint16_t)left;
 		}
 	}
@@ -109,7 +110,7 @@ static void enc_group(struct pd_stage *st, struct pd_worker *w,
 	if (unlikely(k < n)) {
 		for (i = k; i < n; i++)
 			pd_drop(w, st, ENC_SEQ, mb[i]);
-		esp_sa_drop(sa, ESP_SD_SEQ, n - k);
+		esp_sa_drop(sa, w->slot, ESP_SD_SEQ, n - k);
 	}
 	if (k == 0)
 		return;
@@ -120,7 +121,7 @@ static void enc_group(struct pd_stage *st, struct pd_worker *w,
 	for (i = ok; i < k; i++)
 		pd_drop(w, st, ENC_CRYPTO, mb[i]);
 	if (k > ok)
-		esp_sa_drop(sa, ESP_SD_CRYPTO, k - ok);
+		esp_sa_drop(sa, w->slot, ESP_SD_CRYPTO, k - ok);
 	for (i = 0; i < ok; i++) {
 		struct rte_mbuf *m = mb[i];
 		uint8_t *d = rte_pktmbuf_mtod(m, uint8_t *);
@@ -144,7 +145,7 @@ static void enc_group(struct pd_stage *st, struct pd_worker *w,
 		pd_emit(w, st, 0, m);
 	}
 	/* packets: encrypted; bytes: the inner IP bytes handed to rte_ipsec */
-	esp_sa_count(sa, ok, bytes);
+	esp_sa_count(sa, w->slot, ok, bytes);
 }
 
 static void enc_process(struct pd_stage *st, struct pd_worker *w,

@@ -646,8 +646,8 @@ out:
 
 static uint32_t sa_flags(const struct esp_sa *sa, uint64_t now)
 {
-	uint64_t pk = __atomic_load_n(&sa->packets, __ATOMIC_RELAXED);
-	uint64_t by = __atomic_load_n(&sa->bytes, __ATOMIC_RELAXED);
+	uint64_t pk = esp_sa_sum(sa, PD_MAX_WORKERS, 0);
+	uint64_t by = esp_sa_sum(sa, PD_MAX_WORKERS, 1);
 	uint64_t seq = __atomic_load_n(&sa->seq, __ATOMIC_RELAXED);
 	uint32_t f = 0;
 
@@ -682,7 +682,7 @@ int pd_esp_sa_list(struct pd_pipeline *p, int stage, struct pd_esp_sa_info *out,
 	struct esp_priv *pr = esp_get(p, stage, &st);
 	uint64_t now = rte_get_tsc_cycles(), hz = rte_get_tsc_hz();
 	struct esp_table *t;
-	unsigned i, k, n;
+	unsigned i, k, n, r;
 
 	if (!pr)
 		return -EINVAL;
@@ -706,17 +706,61 @@ int pd_esp_sa_list(struct pd_pipeline *p, int stage, struct pd_esp_sa_info *out,
 		o->esn = sa->esn;
 		o->flags = sa_flags(sa, now);
 		o->n_sel = sa->n_sel;
-		o->packets = __atomic_load_n(&sa->packets, __ATOMIC_RELAXED);
-		o->bytes = __atomic_load_n(&sa->bytes, __ATOMIC_RELAXED);
+		o->packets = esp_sa_sum(sa, PD_MAX_WORKERS, 0);
+		o->bytes = esp_sa_sum(sa, PD_MAX_WORKERS, 1);
 		o->seq = sa->dir == PD_ESP_DIR_OUT ? seq - 1 : seq;
 		o->age_ms = (now - sa->t_add) * 1000 / hz;
 		for (k = 0; k < ESP_SD_N; k++)
-			o->drops[k] = __atomic_load_n(&sa->drops[k], __ATOMIC_RELAXED);
+			for (r = 0; r < PD_MAX_WORKERS; r++)
+				o->drops[k] += __atomic_load_n(&sa->wc[r].drops[k],
+							       __ATOMIC_RELAXED);
 		snprintf(o->crypto_dev, sizeof(o->crypto_dev), "%s", sa->dev_name);
 		snprintf(o->mode, sizeof(o->mode), "%s", sa->cpu ? "cpu-crypto" : "lookaside");
 	}
 	pthread_mutex_unlock(&pr->lock);
 	return (int)n;
+}
+
+_Static_assert(PD_ESP_SA_NCTR == 2 + ESP_SD_N, "PD_ESP_SA_NCTR: packets, bytes, drops");
+
+int pd_esp_sa_counters(struct pd_pipeline *p, int stage, uint32_t spi,
+		       uint64_t *out, unsigned max_rows)
+{
+	struct pd_stage *st;
+	struct esp_priv *pr = esp_get(p, stage, &st);
+	const struct esp_table *t;
+	const struct esp_sa *sa = NULL;
+	unsigned i, r, k, rows;
+
+	if (!pr)
+		return -EINVAL;
+	if (!out && max_rows)
+		return PD_ERR(EINVAL, "stage '%s': no output array", st->name);
+	pthread_mutex_lock(&pr->lock);
+	t = pr->tbl;
+	for (i = 0; t && i < t->n_sa; i++)
+		if (t->sa[i]->spi == spi) {
+			sa = t->sa[i];
+			break;
+		}
+	if (!sa) {
+		pthread_mutex_unlock(&pr->lock);
+		return PD_ERR(ENOENT, "stage '%s': no SA with SPI 0x%x", st->name, spi);
+	}
+	rows = p->built ? p->n_workers : PD_MAX_WORKERS;
+	rows = RTE_MIN(rows, max_rows);
+	rows = RTE_MIN(rows, (unsigned)PD_MAX_WORKERS);
+	for (r = 0; r < rows; r++) {
+		uint64_t *o = out + (size_t)r * PD_ESP_SA_NCTR;
+
+		o[0] = __atomic_load_n(&sa->wc[r].packets, __ATOMIC_RELAXED);
+		o[1] = __atomic_load_n(&sa->wc[r].bytes, __ATOMIC_RELAXED);
+		for (k = 0; k < ESP_SD_N; k++)
+			o[2 + k] = __atomic_load_n(&sa->wc[r].drops[k],
+						   __ATOMIC_RELAXED);
+	}
+	pthread_mutex_unlock(&pr->lock);
+	return (int)rows;
 }
 
 /* ---- stage lifetime ------------------------------------------------------ */

@@ -32,9 +32,13 @@
  * session (the PMD clears its key schedule), wipes the SA with
  * explicit_bzero and frees it.
  *
- * Counters of an SA are relaxed atomic adds, once per SA group per burst;
- * the outbound sequence space is reserved with one CAS per group, so
- * sequence exhaustion and packet limits are exact.
+ * Counters of an SA (packets, bytes, drops by reason) are per worker: row
+ * w->slot of sa->wc, plain adds once per SA group per burst, summed by the
+ * control path (pd_esp_sa_list) or by Python (pd_esp_sa_counters). The
+ * outbound sequence space is reserved with one CAS per group, so sequence
+ * exhaustion is exact; a packet or byte limit sums the workers' rows (only
+ * when the SA has one), exact with one worker per SA (RSS sends an SA's
+ * tunnel to one queue), at most a burst per worker over otherwise.
  */
 #ifndef PD_STAGE_ESP_SA_H
 #define PD_STAGE_ESP_SA_H
@@ -82,9 +86,12 @@ struct esp_sa {
 	struct esp_sel sel[PD_ESP_MAX_SEL];
 	/* written by workers (relaxed atomics) */
 	uint64_t seq __rte_cache_aligned;     /* out: next to send; in: highest authenticated */
-	uint64_t packets;
-	uint64_t bytes;
-	uint64_t drops[ESP_SD_N];
+	/* per worker (row = w->slot), plain adds by that worker only */
+	struct esp_sa_wctr {
+		uint64_t packets;
+		uint64_t bytes;
+		uint64_t drops[ESP_SD_N];
+	} __rte_cache_aligned wc[PD_MAX_WORKERS];
 	/* inbound anti-replay bitmap (RFC 6479), one writer: see esp_decrypt.c */
 	uint32_t rwin_mask;                   /* blocks - 1 */
 	uint64_t rwin[ESP_RWIN_BLOCKS] __rte_cache_aligned;
@@ -118,24 +125,58 @@ int esp_stage_init(struct pd_stage *st, int dir);
 void esp_stage_fini(struct pd_stage *st);
 
 /* ---- fast-path helpers -------------------------------------------------- */
-static inline bool esp_sa_expired(const struct esp_sa *sa, uint64_t now)
+/* packets (what 0) or bytes (what 1) of an SA, summed over `rows` rows */
+static inline uint64_t esp_sa_sum(const struct esp_sa *sa, unsigned rows,
+				  unsigned what)
+{
+	uint64_t s = 0;
+	unsigned r;
+
+	for (r = 0; r < rows && r < PD_MAX_WORKERS; r++)
+		s += __atomic_load_n(what ? &sa->wc[r].bytes : &sa->wc[r].packets,
+				     __ATOMIC_RELAXED);
+	return s;
+}
+
+static inline bool esp_sa_expired(const struct esp_sa *sa, unsigned rows,
+				  uint64_t now)
 {
 	return now >= sa->hard_tsc ||
-		(sa->hard_packets && __atomic_load_n(&sa->packets, __ATOMIC_RELAXED)
-		 >= sa->hard_packets) ||
-		(sa->hard_bytes && __atomic_load_n(&sa->bytes, __ATOMIC_RELAXED)
-		 >= sa->hard_bytes);
+		(sa->hard_packets && esp_sa_sum(sa, rows, 0) >= sa->hard_packets) ||
+		(sa->hard_bytes && esp_sa_sum(sa, rows, 1) >= sa->hard_bytes);
 }
 
-static inline void esp_sa_count(struct esp_sa *sa, uint64_t pkts, uint64_t bytes)
+static inline void esp_sa_count(struct esp_sa *sa, uint16_t slot, uint64_t pkts,
+				uint64_t bytes)
 {
-	__atomic_fetch_add(&sa->packets, pkts, __ATOMIC_RELAXED);
-	__atomic_fetch_add(&sa->bytes, bytes, __ATOMIC_RELAXED);
+	struct esp_sa_wctr *c = &sa->wc[slot];
+
+	/* one writer per row; relaxed stores so the control path's loads
+	 * are not torn */
+	__atomic_store_n(&c->packets, c->packets + pkts, __ATOMIC_RELAXED);
+	__atomic_store_n(&c->bytes, c->bytes + bytes, __ATOMIC_RELAXED);
 }
 
-static inline void esp_sa_drop(struct esp_sa *sa, unsigned r, uint64_t n)
+static inline void esp_sa_drop(struct esp_sa *sa, uint16_t slot, unsigned r,
+			       uint64_t n)
 {
-	__atomic_fetch_add(&sa->drops[r], n, __ATOMIC_RELAXED);
+	struct esp_sa_wctr *c = &sa->wc[slot];
+
+	__atomic_store_n(&c->drops[r], c->drops[r] + n, __ATOMIC_RELAXED);
+}
+
+/* Note the SA in the trace record of a traced packet among mb[0..n):
+ * one never-taken branch per SA group when no packet is traced. */
+static inline void esp_trace_sa(struct pd_worker *w, struct pd_stage *st,
+				const struct esp_sa *sa, struct rte_mbuf **mb,
+				uint16_t n)
+{
+	uint16_t i;
+
+	if (likely(w->trace_cur == NULL))
+		return;
+	for (i = 0; i < n; i++)
+		pd_trace_hit(w, st, mb[i], PD_TRACE_SA, sa->spi);
 }
 
 /* The first of n selectors an inner packet matches (addresses as 32-bit

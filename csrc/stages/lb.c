@@ -4,8 +4,12 @@
  * See lb.h for the semantics. Layout:
  * - The pool (priv->pool[id]) holds what a flow needs to be translated for
  *   its whole life: service VIP and port, backend address and port, SNAT
- *   address. Entries are immutable while in use; live counts (conns) and
- *   assignment counts sit beside them, updated atomically.
+ *   address. Entries are immutable while in use; the live count (conns, a
+ *   gauge least-connections reads and conntrack's release hook lowers from
+ *   whatever thread expires the flow) sits beside them, updated atomically.
+ * - Traffic counters (packets, bytes, flows assigned) are per worker: row
+ *   `slot` of priv->wc, one struct lb_wctr per backend id, plain adds, no
+ *   atomics; Python sums the rows (pd_lb_counters: a numpy view).
  * - The table (RCU-published, rebuilt whole by every commit as the policy
  *   stage does) holds the services: an rte_hash on (family, proto, port,
  *   VIP) -> service, and per service the backend ids, weights, states and,
@@ -74,7 +78,14 @@ struct lb_pool_ent {
 struct lb_count {
 	int32_t conns;          /* live flows (may dip below 0 for an instant) */
 	uint32_t pad;
-	uint64_t assigned;
+};
+
+/* one worker's counters of one backend id (pd_lb_counters) */
+struct lb_wctr {
+	uint64_t packets;       /* client -> backend (DNAT) and replies (un-NAT) */
+	uint64_t bytes;
+	uint64_t assigned;      /* flows given to the backend */
+	uint64_t pad;
 };
 
 /* ---- the published table ------------------------------------------------ */
@@ -117,6 +128,8 @@ struct lb_priv {
 	int ct_stage;
 	struct lb_pool_ent *pool;
 	struct lb_count *cnt;
+	struct lb_wctr *wc;     /* [wc_rows][PD_LB_MAX_BACKENDS], row = worker slot */
+	uint32_t wc_rows;
 	uint32_t commits;
 	uint32_t pool_hi;       /* pool ids in use are below this */
 	pthread_mutex_t lock;   /* control path */
@@ -347,7 +360,7 @@ static int32_t pool_alloc(struct lb_priv *pr, const struct pd_lb_service *s,
 			  const struct pd_lb_backend *b)
 {
 	unsigned alen = s->family == 4 ? 4 : 16;
-	uint32_t i;
+	uint32_t i, r;
 
 	for (i = 0; i < PD_LB_MAX_BACKENDS; i++) {
 		struct lb_pool_ent *e = &pr->pool[i];
@@ -364,7 +377,11 @@ static int32_t pool_alloc(struct lb_priv *pr, const struct pd_lb_service *s,
 		memcpy(e->vip, s->vip, alen);
 		if (s->snat)
 			memcpy(e->snat_addr, s->snat_addr, alen);
-		__atomic_store_n(&pr->cnt[i].assigned, 0, __ATOMIC_RELAXED);
+		/* a fresh id: its counters start at 0 (no worker writes them:
+		 * no flow and no published table has the id) */
+		for (r = 0; r < pr->wc_rows; r++)
+			memset(&pr->wc[(size_t)r * PD_LB_MAX_BACKENDS + i], 0,
+			       sizeof(*pr->wc));
 		e->in_use = 1;
 		pr->pool_hi = RTE_MAX(pr->pool_hi, i + 1);
 		return (int32_t)i;
@@ -764,7 +781,7 @@ int pd_lb_backend_stats(struct pd_pipeline *p, int stage, const int32_t *ids,
 {
 	struct pd_stage *st = lb_get(p, stage);
 	struct lb_priv *pr;
-	unsigned i;
+	unsigned i, r;
 
 	if (!st)
 		return -EINVAL;
@@ -780,9 +797,28 @@ int pd_lb_backend_stats(struct pd_pipeline *p, int stage, const int32_t *ids,
 				      st->name, id);
 		c = __atomic_load_n(&pr->cnt[id].conns, __ATOMIC_ACQUIRE);
 		out[i].conns = c > 0 ? (uint64_t)c : 0;
-		out[i].assigned = __atomic_load_n(&pr->cnt[id].assigned,
-						  __ATOMIC_RELAXED);
+		out[i].assigned = 0;
+		for (r = 0; r < pr->wc_rows; r++)
+			out[i].assigned += __atomic_load_n(
+				&pr->wc[(size_t)r * PD_LB_MAX_BACKENDS + id].assigned,
+				__ATOMIC_RELAXED);
 	}
+	return 0;
+}
+
+int pd_lb_counters(struct pd_pipeline *p, int stage, uint64_t **base,
+		   unsigned *rows)
+{
+	struct pd_stage *st = lb_get(p, stage);
+	struct lb_priv *pr;
+
+	if (!st)
+		return -EINVAL;
+	pr = st->priv;
+	if (!base || !rows)
+		return PD_ERR(EINVAL, "stage '%s': no output pointers", st->name);
+	*base = (uint64_t *)pr->wc;
+	*rows = pr->wc_rows;
 	return 0;
 }
 
@@ -949,7 +985,10 @@ static void lb_process(struct pd_stage *st, struct pd_worker *w,
 	struct lb_table *t = __atomic_load_n(&pr->tbl, __ATOMIC_ACQUIRE);
 	const struct pd_ct *c = pr->ct ? pr->ct->priv : NULL;
 	uint64_t n_new = 0, n_dnat = 0, n_unnat = 0, n_pass = 0;
-	bool mt = w->pl->n_workers > 1;
+	/* this worker's row of per-backend counters (lb_init: a row per
+	 * lcore; a slot past them, which cannot happen, counts nothing) */
+	struct lb_wctr *wc = likely(w->slot < pr->wc_rows) ?
+		pr->wc + (size_t)w->slot * PD_LB_MAX_BACKENDS : NULL;
 	uint16_t i;
 
 	for (i = 0; i < n; i++) {
@@ -982,6 +1021,11 @@ static void lb_process(struct pd_stage *st, struct pd_worker *w,
 				continue;
 			}
 			e = &pr->pool[lb - 1];
+			pd_trace_hit(w, st, m, PD_TRACE_BACKEND, lb - 1);
+			if (likely(wc != NULL)) {
+				wc[lb - 1].packets++;
+				wc[lb - 1].bytes += rte_pktmbuf_pkt_len(m);
+			}
 			nat_rewrite(l3, l4, v6, md->l4_proto, 0, e->vip, e->vport);
 			if (e->snat)
 				nat_rewrite(l3, l4, v6, md->l4_proto, 1, f->src,
@@ -1021,6 +1065,8 @@ static void lb_process(struct pd_stage *st, struct pd_worker *w,
 				continue;
 			}
 			o = &t->svcs[(uintptr_t)data];
+			pd_trace_hit(w, st, m, PD_TRACE_SERVICE,
+				     (uint32_t)(uintptr_t)data);
 			id = lb_pick(o, pr->cnt, w->slot, f);
 			if (id < 0) {
 				pd_drop(w, st, LB_DROP_NO_BACKEND, m);
@@ -1032,14 +1078,8 @@ static void lb_process(struct pd_stage *st, struct pd_worker *w,
 							__ATOMIC_ACQUIRE)) {
 				__atomic_fetch_add(&pr->cnt[id].conns, 1,
 						   __ATOMIC_RELEASE);
-				/* written by workers only: atomic with several */
-				if (mt)
-					__atomic_fetch_add(&pr->cnt[id].assigned, 1,
-							   __ATOMIC_RELAXED);
-				else
-					__atomic_store_n(&pr->cnt[id].assigned,
-							 pr->cnt[id].assigned + 1,
-							 __ATOMIC_RELAXED);
+				if (likely(wc != NULL))
+					wc[id].assigned++;
 				n_new++;
 				lb = (uint32_t)id + 1;
 			} else {
@@ -1076,6 +1116,11 @@ static void lb_process(struct pd_stage *st, struct pd_worker *w,
 			}
 		}
 		/* client -> VIP becomes (SNAT ->) backend */
+		pd_trace_hit(w, st, m, PD_TRACE_BACKEND, lb - 1);
+		if (likely(wc != NULL)) {
+			wc[lb - 1].packets++;
+			wc[lb - 1].bytes += rte_pktmbuf_pkt_len(m);
+		}
 		nat_rewrite(l3, l4, v6, md->l4_proto, 1, e->addr, e->port);
 		if (e->snat)
 			nat_rewrite(l3, l4, v6, md->l4_proto, 0, e->snat_addr,
@@ -1099,11 +1144,18 @@ static int lb_init(struct pd_stage *st)
 			       RTE_CACHE_LINE_SIZE);
 	pr->cnt = rte_zmalloc("pd_lb_cnt", PD_LB_MAX_BACKENDS * sizeof(*pr->cnt),
 			      RTE_CACHE_LINE_SIZE);
-	if (!pr->pool || !pr->cnt) {
+	/* a counter row per lcore: workers run on lcores, slot < n_workers */
+	pr->wc_rows = RTE_MIN(rte_lcore_count(), (unsigned)PD_MAX_WORKERS);
+	pr->wc = rte_zmalloc("pd_lb_wctr", (size_t)pr->wc_rows *
+			     PD_LB_MAX_BACKENDS * sizeof(*pr->wc),
+			     RTE_CACHE_LINE_SIZE);
+	if (!pr->pool || !pr->cnt || !pr->wc) {
 		rte_free(pr->pool);
 		rte_free(pr->cnt);
+		rte_free(pr->wc);
 		pr->pool = NULL;
 		pr->cnt = NULL;
+		pr->wc = NULL;
 		return PD_ERR(ENOMEM, "stage '%s': out of memory for the backend "
 			      "pool", st->name);
 	}
@@ -1120,6 +1172,7 @@ static void lb_fini(struct pd_stage *st)
 	pr->tbl = NULL;
 	rte_free(pr->pool);
 	rte_free(pr->cnt);
+	rte_free(pr->wc);
 	pthread_mutex_destroy(&pr->lock);
 }
 

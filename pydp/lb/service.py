@@ -39,6 +39,8 @@ class Services:
         self.services: list[Service] = list(dp.pipeline.stage(stage).service_objects())
         self.ids: dict[str, dict[str, int]] = {}
         self._commit(self.services)
+        # the live set: trace and counters (pydp.table_stats) name ids from it
+        dp.services.setdefault("lb", {})[stage] = self
 
     # -- plumbing -------------------------------------------------------------------------
     @property
