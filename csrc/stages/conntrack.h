@@ -116,6 +116,7 @@ struct pd_ct {
 	/* flows holding a slot (live, being created, or in their grace
 	 * period): its own cache line, written when a flow comes or goes */
 	uint32_t used __rte_cache_aligned;
+	uint32_t wlock;                /* rte_hash writers (ct_wlock), 0 free */
 	/* control side, serialised by ctl */
 	pthread_mutex_t ctl __rte_cache_aligned;
 	struct rte_rcu_qsbr_dq *dq;    /* deleted slots waiting for their grace period */
