@@ -600,6 +600,26 @@ static int ct_create(struct pd_ct *c, struct pd_worker *w, struct pd_stage *st,
 	}
 	f = &c->flows[pos];
 	o = ct_word(f);
+	if (o.state == PD_CT_FREE && w->pl->n_workers == 1) {
+		/*
+		 * One worker: nobody else creates flows, and the control thread
+		 * leaves FREE slots alone, so the slot is ours: fill it, then
+		 * publish the word with one release store (no CAS, no BUSY
+		 * phase). With the alias's the same (pd_conntrack_alias):
+		 * lb_bench, same runs, medians of 3: 1.76 -> 1.92 M new flows
+		 * per CPU-second (~1140 -> ~1040 cycles per new flow).
+		 */
+		n.u64 = 0;
+		n.state = PD_CT_NEW;
+		n.flags = sw ? PD_FLOW_ORIG_HI : 0;
+		n.gen = (uint16_t)(o.gen + 1);
+		n.tag = tag;
+		ct_fill(f, k, sw, now);
+		__atomic_store_n(&f->w.u64, n.u64, __ATOMIC_RELEASE);
+		w->ctr[st->ctr_extra + CT_X_CREATED]++;
+		*v = n;
+		return pos;
+	}
 	while (o.state == PD_CT_FREE) {
 		n.u64 = 0;
 		n.state = PD_CT_NEW;
@@ -1073,7 +1093,6 @@ int pd_conntrack_alias(struct pd_stage *ct, struct pd_worker *w, uint32_t flow,
 	int32_t pos;
 	int sw;
 
-	RTE_SET_USED(w);
 	memcpy(s, rsrc, 16);
 	memcpy(d, rdst, 16);
 	sw = ct_key_set(&k, f->family, f->proto, s, d, rsport, rdport);
@@ -1086,6 +1105,17 @@ int pd_conntrack_alias(struct pd_stage *ct, struct pd_worker *w, uint32_t flow,
 		return -ENOSPC;
 	a = &c->flows[pos];
 	o = ct_word(a);
+	if (o.state == PD_CT_FREE && w && w->pl->n_workers == 1) {
+		/* one worker: the slot is ours (see ct_create) */
+		n.u64 = 0;
+		n.state = PD_CT_ALIAS;
+		n.flags = sw ? PD_FLOW_ORIG_HI : 0;
+		n.gen = (uint16_t)(o.gen + 1);
+		n.tag = flow;
+		ct_fill(a, &k, sw, rte_rdtsc());
+		__atomic_store_n(&a->w.u64, n.u64, __ATOMIC_RELEASE);
+		goto published;
+	}
 	for (;;) {
 		if (o.state != PD_CT_FREE)
 			return o.state == PD_CT_ALIAS && o.tag == flow ? 0 : -EEXIST;
@@ -1101,6 +1131,7 @@ int pd_conntrack_alias(struct pd_stage *ct, struct pd_worker *w, uint32_t flow,
 	ct_fill(a, &k, sw, rte_rdtsc());
 	busy.flags = PD_FLOW_BUSY;
 	__atomic_fetch_and(&a->w.u64, ~busy.u64, __ATOMIC_RELEASE);
+published:
 	__atomic_store_n(&f->alias, (uint32_t)pos + 1, __ATOMIC_RELEASE);
 	/* the flow may have left meanwhile, before it could see its alias:
 	 * then nobody else takes the alias out */
