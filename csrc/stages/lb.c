@@ -950,6 +950,13 @@ static void lb_process(struct pd_stage *st, struct pd_worker *w,
 	const struct pd_ct *c = pr->ct ? pr->ct->priv : NULL;
 	uint64_t n_new = 0, n_dnat = 0, n_unnat = 0, n_pass = 0;
 	bool mt = w->pl->n_workers > 1;
+	/* the service of the burst's previous new flow: a burst of new flows
+	 * mostly goes to one VIP, and a 32-byte compare is cheaper than the
+	 * hash and its lookup: lb_bench, same runs, medians of 3, 1.91 -> 1.96 M
+	 * new flows per CPU-second (~1360 -> ~1330 TSC cycles each) */
+	struct lb_key last_k;
+	int last_rc = 1;            /* 1: none yet, else the lookup's result */
+	void *last_data = NULL;
 	uint16_t i;
 
 	for (i = 0; i < n; i++) {
@@ -1015,7 +1022,13 @@ static void lb_process(struct pd_stage *st, struct pd_worker *w,
 			k.proto = md->l4_proto;
 			memcpy(&k.port, l4 + 2, 2);
 			memcpy(k.vip, l3 + (v6 ? 24 : 16), v6 ? 16 : 4);
-			if (rte_hash_lookup_data(t->h, &k, &data) < 0) {
+			if (last_rc == 1 || memcmp(&k, &last_k, sizeof(k)) != 0) {
+				last_k = k;
+				last_rc = rte_hash_lookup_data(t->h, &k, &last_data) < 0 ?
+					  -1 : 0;
+			}
+			data = last_data;
+			if (last_rc < 0) {
 				n_pass++;
 				pd_emit(w, st, 0, m);
 				continue;
