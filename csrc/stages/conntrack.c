@@ -252,6 +252,19 @@ static inline int ct_key_from_pkt(struct rte_mbuf *m, const struct pd_meta *md,
 	return ct_key_set(k, family, md->l4_proto, s, d, sp, dp);
 }
 
+/*
+ * The key's signature: what rte_hash_hash() gives with the hash's
+ * hash_func (rte_hash_crc) and init_val (0), see pd_conntrack_configure;
+ * inlined with the length known, rather than two indirect calls into
+ * librte_hash per packet. lb_bench, 1M established flows, same runs,
+ * medians of 3: whole worker loop 259 -> 246 cycles per packet on CPU
+ * time (stages' TSC in the least preempted run: 215).
+ */
+static inline hash_sig_t ct_sig(const struct ct_key *k)
+{
+	return rte_hash_crc(k, sizeof(*k), 0);
+}
+
 /* The key of a flow, from its original-direction tuple. */
 static void ct_key_from_flow(const struct pd_flow *f, struct ct_key *k)
 {
@@ -709,7 +722,7 @@ static void ct_burst(struct pd_stage *st, struct pd_ct *c, struct pd_worker *w,
 	if (nk) {
 		/* our own signatures: a new flow's insert reuses its own */
 		for (i = 0; i < nk; i++)
-			sig[i] = rte_hash_hash(c->h, &keys[i]);
+			sig[i] = ct_sig(&keys[i]);
 		rte_hash_lookup_with_hash_bulk(c->h, kp, sig, nk, pos);
 		for (i = 0; i < nk; i++)
 			if (pos[i] >= 0)
@@ -816,7 +829,7 @@ int pd_conntrack_confirm(struct pd_stage *ct, struct pd_worker *w,
 	sw = ct_key_from_pkt(m, pd_meta(m), &k, &tf);
 	if (sw < 0)
 		return -EINVAL;
-	p = ct_create(c, w, ct, &k, rte_hash_hash(c->h, &k), sw, tag,
+	p = ct_create(c, w, ct, &k, ct_sig(&k), sw, tag,
 		      rte_rdtsc(), &v);
 	if (p < 0)
 		return p;
@@ -1032,7 +1045,7 @@ int pd_conntrack_configure(struct pd_pipeline *p, int stage,
 	hp.name = name;
 	hp.entries = RTE_MAX(entries, 8u);    /* rte_hash: one bucket at least */
 	hp.key_len = sizeof(struct ct_key);
-	hp.hash_func = rte_hash_crc;
+	hp.hash_func = rte_hash_crc;        /* and init_val 0: ct_sig() */
 	hp.socket_id = (int)rte_socket_id();
 	/* single-writer rte_hash: writers serialise on ct_wlock */
 	hp.extra_flag = RTE_HASH_EXTRA_FLAGS_RW_CONCURRENCY_LF |
@@ -1096,7 +1109,7 @@ int pd_conntrack_alias(struct pd_stage *ct, struct pd_worker *w, uint32_t flow,
 	memcpy(s, rsrc, 16);
 	memcpy(d, rdst, 16);
 	sw = ct_key_set(&k, f->family, f->proto, s, d, rsport, rdport);
-	sig = rte_hash_hash(c->h, &k);
+	sig = ct_sig(&k);
 	/* an existing key (ours, or another flow's) comes back as it is */
 	ct_wlock(c);
 	pos = rte_hash_add_key_with_hash(c->h, &k, sig);
