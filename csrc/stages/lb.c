@@ -68,7 +68,7 @@ struct lb_pool_ent {
 	uint8_t vip[16];
 	uint8_t snat_addr[16];
 	uint32_t mark;          /* commit number that last referenced it */
-	uint32_t pad;
+	uint32_t dnat_acc;      /* checksum change vip -> addr (nat_dnat) */
 };
 
 struct lb_count {
@@ -322,6 +322,35 @@ static int bk_check(const struct pd_stage *st, const struct pd_lb_backend *b,
 }
 
 /* The pool id of backend `b` of service `s`, or -1 if it has none yet. */
+/* Replace `len` bytes at `field` with `val`, folding the change into the
+ * checksum at `ck` (RFC 1624: HC' = ~(~HC + ~m + m')). */
+static inline uint32_t cks_diff(uint32_t acc, const uint8_t *old,
+				const uint8_t *new_v, unsigned len)
+{
+	unsigned i;
+
+	for (i = 0; i < len; i += 2)
+		acc += (uint16_t)~pd_rd16(old + i) + pd_rd16(new_v + i);
+	return acc;
+}
+
+static inline void cks_apply(uint8_t *ck, uint32_t acc, bool udp)
+{
+	uint32_t s = (uint16_t)~pd_rd16(ck) + acc;
+	uint16_t r;
+
+	if (udp && pd_rd16(ck) == 0)
+		return;  /* IPv4 UDP without a checksum stays without */
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	r = (uint16_t)~s;
+	if (udp && r == 0)
+		r = 0xffff;
+	ck[0] = (uint8_t)(r >> 8);
+	ck[1] = (uint8_t)r;
+}
+
 static int32_t pool_find(const struct lb_priv *pr, const struct pd_lb_service *s,
 			 const struct pd_lb_backend *b)
 {
@@ -364,6 +393,7 @@ static int32_t pool_alloc(struct lb_priv *pr, const struct pd_lb_service *s,
 		memcpy(e->vip, s->vip, alen);
 		if (s->snat)
 			memcpy(e->snat_addr, s->snat_addr, alen);
+		e->dnat_acc = cks_diff(0, e->vip, e->addr, alen);
 		__atomic_store_n(&pr->cnt[i].assigned, 0, __ATOMIC_RELAXED);
 		e->in_use = 1;
 		pr->pool_hi = RTE_MAX(pr->pool_hi, i + 1);
@@ -788,35 +818,6 @@ int pd_lb_backend_stats(struct pd_pipeline *p, int stage, const int32_t *ids,
 
 /* ---- the fast path ------------------------------------------------------- */
 
-/* Replace `len` bytes at `field` with `val`, folding the change into the
- * checksum at `ck` (RFC 1624: HC' = ~(~HC + ~m + m')). */
-static inline uint32_t cks_diff(uint32_t acc, const uint8_t *old,
-				const uint8_t *new_v, unsigned len)
-{
-	unsigned i;
-
-	for (i = 0; i < len; i += 2)
-		acc += (uint16_t)~pd_rd16(old + i) + pd_rd16(new_v + i);
-	return acc;
-}
-
-static inline void cks_apply(uint8_t *ck, uint32_t acc, bool udp)
-{
-	uint32_t s = (uint16_t)~pd_rd16(ck) + acc;
-	uint16_t r;
-
-	if (udp && pd_rd16(ck) == 0)
-		return;  /* IPv4 UDP without a checksum stays without */
-	s = (s & 0xffff) + (s >> 16);
-	s = (s & 0xffff) + (s >> 16);
-	s = (s & 0xffff) + (s >> 16);
-	r = (uint16_t)~s;
-	if (udp && r == 0)
-		r = 0xffff;
-	ck[0] = (uint8_t)(r >> 8);
-	ck[1] = (uint8_t)r;
-}
-
 /*
  * Rewrite the source (which = 0) or destination (1) address and port of a
  * parsed TCP/UDP packet, with incremental IPv4 header and L4 checksum
@@ -838,6 +839,29 @@ static inline void nat_rewrite(uint8_t *l3, uint8_t *l4, bool v6, uint8_t proto,
 	cks_apply(ck, acc, proto == IPPROTO_UDP && !v6);
 	memcpy(a, addr, alen);
 	memcpy(pt, &port_be, 2);
+}
+
+/*
+ * DNAT of a packet in a flow's original direction: its destination is the
+ * service's VIP and port (the flow's key says so, and the flow got its
+ * backend from the service of that destination), so the address part of
+ * the checksum change is the pool entry's, computed once (dnat_acc).
+ * lb_bench (IPv4, 1M established flows, 3 runs each way): 245 -> 245 CPU
+ * cycles per packet, within the noise; fewer instructions, more for IPv6.
+ */
+static inline void nat_dnat(uint8_t *l3, uint8_t *l4, bool v6, uint8_t proto,
+			    const struct lb_pool_ent *e)
+{
+	uint8_t *ck = l4 + (proto == IPPROTO_TCP ? 16 : 6);
+	uint32_t acc = e->dnat_acc;
+
+	if (!v6)
+		cks_apply(l3 + 10, acc, false);
+	acc += (uint16_t)~pd_rd16((const uint8_t *)&e->vport) +
+	       pd_rd16((const uint8_t *)&e->port);
+	cks_apply(ck, acc, proto == IPPROTO_UDP && !v6);
+	memcpy(l3 + (v6 ? 24 : 16), e->addr, v6 ? 16 : 4);
+	memcpy(l4 + 2, &e->port, 2);
 }
 
 /* Smooth weighted round-robin (nginx): per worker row. */
@@ -1089,7 +1113,7 @@ static void lb_process(struct pd_stage *st, struct pd_worker *w,
 			}
 		}
 		/* client -> VIP becomes (SNAT ->) backend */
-		nat_rewrite(l3, l4, v6, md->l4_proto, 1, e->addr, e->port);
+		nat_dnat(l3, l4, v6, md->l4_proto, e);
 		if (e->snat)
 			nat_rewrite(l3, l4, v6, md->l4_proto, 0, e->snat_addr,
 				    f->snat_port);
