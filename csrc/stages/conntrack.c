@@ -1093,6 +1093,32 @@ void pd_conntrack_set_release(struct pd_stage *ct,
 	c->release = fn;
 }
 
+void pd_conntrack_alias_warm(struct pd_stage *ct, const struct pd_ct_rtuple *r,
+			     unsigned n)
+{
+	struct pd_ct *c = ct->priv;
+	struct ct_key k[RTE_HASH_LOOKUP_BULK_MAX];
+	const void *kp[RTE_HASH_LOOKUP_BULK_MAX];
+	hash_sig_t sig[RTE_HASH_LOOKUP_BULK_MAX];
+	int32_t pos[RTE_HASH_LOOKUP_BULK_MAX];
+	unsigned i;
+
+	n = RTE_MIN(n, (unsigned)RTE_HASH_LOOKUP_BULK_MAX);
+	for (i = 0; i < n; i++) {
+		const struct pd_flow *f = &c->flows[r[i].flow];
+		uint64_t s[2], d[2];
+
+		memcpy(s, r[i].rsrc, 16);
+		memcpy(d, r[i].rdst, 16);
+		ct_key_set(&k[i], f->family, f->proto, s, d, r[i].rsport,
+			   r[i].rdport);
+		sig[i] = ct_sig(&k[i]);
+		kp[i] = &k[i];
+	}
+	if (n)
+		rte_hash_lookup_with_hash_bulk(c->h, kp, sig, n, pos);
+}
+
 int pd_conntrack_alias(struct pd_stage *ct, struct pd_worker *w, uint32_t flow,
 		       uint16_t gen, const uint8_t *rsrc, const uint8_t *rdst,
 		       uint16_t rsport, uint16_t rdport)

@@ -186,6 +186,17 @@ int pd_conntrack_recheck(struct pd_stage *ct, struct pd_worker *w,
 int pd_conntrack_alias(struct pd_stage *ct, struct pd_worker *w, uint32_t flow,
 		       uint16_t gen, const uint8_t *rsrc, const uint8_t *rdst,
 		       uint16_t rsport, uint16_t rdport);
+/* A reply tuple, as pd_conntrack_alias() takes it, for the warm-up. */
+struct pd_ct_rtuple {
+	const uint8_t *rsrc, *rdst;
+	uint16_t rsport, rdport;
+	uint32_t flow;
+};
+/* Fast path: the lb stage's pd_conntrack_alias() calls for these n
+ * tuples come next: fetch their hash buckets now, all at once (one bulk
+ * lookup). Only a hint: it changes nothing. */
+void pd_conntrack_alias_warm(struct pd_stage *ct, const struct pd_ct_rtuple *r,
+			     unsigned n);
 /* Control path: the function conntrack calls when a flow leaves the table. */
 void pd_conntrack_set_release(struct pd_stage *ct,
 			      void (*fn)(void *arg, const struct pd_flow *f),
