@@ -1184,10 +1184,12 @@ published:
 }
 
 /*
- * rte_hash keeps its free key slots in per-lcore caches
- * (MULTI_WRITER_ADD), indexed by rte_lcore_id(): a thread that frees slots
- * must have an lcore id. The main lcore has one; another Python thread
- * registers once (and keeps its id for the life of the process).
+ * The control thread gets an lcore id (the main lcore has one; another
+ * Python thread registers once and keeps it for the life of the process).
+ * The hash needed it while it kept per-lcore caches of free key slots
+ * (MULTI_WRITER_ADD); the single-writer hash no longer does, and the
+ * registration stays as it was: harmless, and DPDK APIs that expect an
+ * lcore id keep working from this thread.
  */
 static int ct_ctl_thread(void)
 {
