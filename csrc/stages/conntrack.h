@@ -116,6 +116,7 @@ struct pd_ct {
 	/* flows holding a slot (live, being created, or in their grace
 	 * period): its own cache line, written when a flow comes or goes */
 	uint32_t used __rte_cache_aligned;
+	uint32_t wlock;                /* rte_hash writers (ct_wlock), 0 free */
 	/* control side, serialised by ctl */
 	pthread_mutex_t ctl __rte_cache_aligned;
 	struct rte_rcu_qsbr_dq *dq;    /* deleted slots waiting for their grace period */
@@ -185,6 +186,17 @@ int pd_conntrack_recheck(struct pd_stage *ct, struct pd_worker *w,
 int pd_conntrack_alias(struct pd_stage *ct, struct pd_worker *w, uint32_t flow,
 		       uint16_t gen, const uint8_t *rsrc, const uint8_t *rdst,
 		       uint16_t rsport, uint16_t rdport);
+/* A reply tuple, as pd_conntrack_alias() takes it, for the warm-up. */
+struct pd_ct_rtuple {
+	const uint8_t *rsrc, *rdst;
+	uint16_t rsport, rdport;
+	uint32_t flow;
+};
+/* Fast path: the lb stage's pd_conntrack_alias() calls for these n
+ * tuples come next: fetch their hash buckets now, all at once (one bulk
+ * lookup). Only a hint: it changes nothing. */
+void pd_conntrack_alias_warm(struct pd_stage *ct, const struct pd_ct_rtuple *r,
+			     unsigned n);
 /* Control path: the function conntrack calls when a flow leaves the table. */
 void pd_conntrack_set_release(struct pd_stage *ct,
 			      void (*fn)(void *arg, const struct pd_flow *f),
