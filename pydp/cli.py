@@ -403,6 +403,8 @@ def stats(control: str | None, as_json: bool, watch: bool, interval: float,
     """Counters of a running dataplane: per port, per stage, per drop reason."""
     from .control import ControlClient
     from .stats import Stats
+    if not interval > 0:
+        raise ConfigError(f"--interval {interval:g}: must be positive (seconds)", key="interval")
     if stage_table:
         _stats_stages(control, as_json, interval)
         return

@@ -124,6 +124,7 @@ OFFLINE = [
     (["top", "--interval", "0"], ["--interval"]),
     (["top", "--flows", "-1"], ["--flows"]),
     (["stats", "--stages", "--interval", "0"], ["--interval"]),
+    (["stats", "--watch", "--interval", "-1"], ["--interval"]),
     (["flows", "--port", "99999"], ["--port"]),
     (["flows", "--limit", "0"], ["--limit"]),
     (["flows", "--addr", "notanaddr"], ["--addr"]),
@@ -133,6 +134,8 @@ OFFLINE = [
     (["tunnel", "ca", "issue", "/nonexistent", "n1"], ["/nonexistent"]),
     (["tunnel", "check", "/nonexistent.yaml"], ["/nonexistent.yaml"]),
     (["tunnel", "run", "--tunnel", "/nonexistent.yaml"], ["/nonexistent.yaml"]),
+    (["tunnel", "run", "testbeds/tunnel-node.yaml", "--tunnel", "t.yaml", "--interval", "0"],
+     ["--interval"]),
     (["testbed", "up", "nosuch"], ["nosuch"]),
     (["bench", "pipelines/forward.yaml", "--size", "10"], ["pkt_size"]),
     # no dataplane: a missing socket, a stale socket
