@@ -518,8 +518,9 @@ def ports(as_json: bool) -> None:
 @click.argument("pipeline_file", metavar="PIPELINE.yaml")
 @click.option("--duration", type=float, default=2.0, show_default=True, metavar="S",
               help="Seconds per measurement.")
-@click.option("--flows", type=int, default=10000, show_default=True)
-@click.option("--size", "pkt_size", type=int, default=64, show_default=True)
+@click.option("--flows", type=click.IntRange(1, 1 << 20), default=10000, show_default=True)
+@click.option("--size", "pkt_size", type=click.IntRange(64, 1518), default=64,
+              show_default=True, help="Ethernet frame size with FCS (RFC 2544).")
 @click.option("--json", "as_json", is_flag=True)
 def bench(pipeline_file: str, duration: float, flows: int, pkt_size: int,
           as_json: bool) -> None:
@@ -527,6 +528,9 @@ def bench(pipeline_file: str, duration: float, flows: int, pkt_size: int,
     from .bench import format_bench, run_bench
     from .pipeline import Pipeline
     pl = Pipeline.load(pipeline_file)
+    if not duration > 0:
+        raise ConfigError(f"--duration {duration:g}: must be positive (seconds)",
+                          key="duration")
     _need_root()
     _start_eal(None, False, {})
     res = run_bench(pl, duration=duration, flows=flows, pkt_size=pkt_size)

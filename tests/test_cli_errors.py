@@ -74,23 +74,17 @@ OFFLINE = [
     (["run", "pipelines/forward.yaml", "--generate", "in", "--port", "out=net_null1",
       "--duration", "-1"], ["--duration"]),
     (["run", "pipelines/forward.yaml", "--generate", "in", "--port", "out=net_null1",
-      "--duration", "abc"], ["--duration"]),
-    (["run", "pipelines/forward.yaml", "--generate", "in", "--port", "out=net_null1",
       "--interval", "0"], ["--interval"]),
     (["run", "pipelines/forward.yaml", "--generate", "in", "--port", "out=net_null1",
       "--until-idle", "--idle", "-1"], ["--idle"]),
     (["run", "pipelines/forward.yaml", "--generate", "in", "--port", "out=net_null1",
       "--rate", "-5"], ["--rate"]),
-    (["run", "pipelines/forward.yaml", "--generate", "in", "--port", "out=net_null1",
-      "--count", "-5"], ["--count"]),
     (["run", "pipelines/forward.yaml", "--port", "in=net_null0", "--port", "out=net_null1",
       "--count", "100"], ["--count", "--generate"]),
     (["run", "pipelines/forward.yaml", "--generate", "zz", "--port", "out=net_null1"],
      ["--generate zz"]),
     (["run", "pipelines/forward.yaml", "--generate", "in", "--port", "out=net_null1",
       "--lcores", "0"], ["--lcores"]),
-    (["run", "pipelines/forward.yaml", "--generate", "in", "--port", "out=net_null1",
-      "--lcores", "x"], ["--lcores"]),
     (["run", "pipelines/forward.yaml", "--generate", "in", "--port", "out=net_null1",
       "--metrics", "70000"], ["--metrics"]),
     (["run", "pipelines/forward.yaml", "--generate", "in", "--port", "out=net_null1",
@@ -101,24 +95,19 @@ OFFLINE = [
     (["nosuchcommand"], ["nosuchcommand"]),
     # check / graph
     (["check", "/nonexistent.yaml"], ["/nonexistent.yaml"]),
-    (["check", "/tmp"], ["/tmp"]),
     (["check"], ["PIPELINE.yaml"]),
     (["graph", "pipelines/forward.yaml", "-o", f"{TMP}/g.xyz"], ["g.xyz"]),
     (["graph", "pipelines/forward.yaml", "-o", "/nonexistent/dir/g.png"], ["/nonexistent/dir"]),
-    (["graph", "pipelines/forward.yaml"], ["--output"]),
     # policy files
     (["policy", "graph", "pipelines/policies/firewall.yaml", "-o", f"{TMP}/p.xyz"], ["p.xyz"]),
-    (["policy", "graph", "/nonexistent.yaml", "-o", f"{TMP}/p.png"], ["/nonexistent.yaml"]),
     (["policy", "apply", "/nonexistent.yaml"], ["/nonexistent.yaml"]),
     (["policy", "import-k8s", "/nonexistent.yaml", "--inventory", "/nonexistent.yaml"],
      ["/nonexistent.yaml"]),
     # numbers out of range, refused before any socket is opened
-    (["trace", "--count", "0"], ["--count"]),
     (["trace", "--count", "5000"], ["--count"]),
     (["trace", "--timeout", "0"], ["--timeout"]),
     (["capture", "-w", "x.pcapng", "--count", "1"], ["--port"]),
     (["capture", "--port", "out", "-w", "x.pcap", "--count", "1"], ["pcapng"]),
-    (["capture", "--port", "out", "-w", "x.pcapng", "--count", "-1"], ["--count"]),
     (["capture", "--port", "out", "-w", "x.pcapng", "--snaplen", "70000"], ["--snaplen"]),
     (["capture", "--port", "out", "-w", "x.pcapng"], ["--count"]),
     (["top", "--interval", "0"], ["--interval"]),
@@ -126,7 +115,6 @@ OFFLINE = [
     (["stats", "--stages", "--interval", "0"], ["--interval"]),
     (["stats", "--watch", "--interval", "-1"], ["--interval"]),
     (["flows", "--port", "99999"], ["--port"]),
-    (["flows", "--limit", "0"], ["--limit"]),
     (["flows", "--addr", "notanaddr"], ["--addr"]),
     (["service", "set", "web", "10.77.1.11:8080", "--state", "bogus"], ["--state"]),
     (["service", "drain", "web"], ["ADDR:PORT"]),
@@ -137,18 +125,16 @@ OFFLINE = [
     (["tunnel", "run", "testbeds/tunnel-node.yaml", "--tunnel", "t.yaml", "--interval", "0"],
      ["--interval"]),
     (["testbed", "up", "nosuch"], ["nosuch"]),
-    (["bench", "pipelines/forward.yaml", "--size", "10"], ["pkt_size"]),
+    (["bench", "pipelines/forward.yaml", "--size", "10"], ["--size"]),
+    (["bench", "pipelines/forward.yaml", "--duration", "-1"], ["--duration"]),
     # no dataplane: a missing socket, a stale socket
     (["stats"], ["no running dataplane"]),
-    (["top", "--once"], ["no running dataplane"]),
     (["trace", "--count", "5", "--filter", "udp port 53"], ["no running dataplane"]),
     (["capture", "--port", "out", "-w", "out.pcapng", "--count", "100"],
      ["no running dataplane"]),
     (["service", "show"], ["no running dataplane"]),
     (["tunnel", "show"], ["no running dataplane"]),
-    (["policy", "show"], ["no running dataplane"]),
     (["stats", "--control", STALE], ["no running dataplane", "stale.sock"]),
-    (["flows", "--control", STALE], ["no running dataplane", "stale.sock"]),
     (["graph", "pipelines/forward.yaml", "-o", f"{TMP}/g.svg", "--control", STALE],
      ["stale.sock"]),
 ]
@@ -210,6 +196,7 @@ MUTATIONS = {  # file stem -> [(what, mutate(doc), words in the error)]
         ("dst_mac", lambda d: _stage(d, "forward").update(dst_mac="zz:zz"), ["dst_mac"]),
         ("verify_checksum", lambda d: _stage(d, "parse").update(verify_checksum="maybe"),
          ["verify_checksum"]),
+        ("next", lambda d: d["stages"][0].update(next="nosuchstage"), ["nosuchstage"]),
     ],
     "router": [
         ("prefix", lambda d: _stage(d, "l3route")["routes"][0].update(prefix="10.0.0.0/33"),
@@ -246,7 +233,6 @@ MUTATIONS = {  # file stem -> [(what, mutate(doc), words in the error)]
 }
 GENERIC = [
     ("unknown stage key", lambda d: d["stages"][-1].update(bogus_key=1), ["bogus_key"]),
-    ("next", lambda d: d["stages"][0].update(next="nosuchstage"), ["nosuchstage"]),
 ]
 BROKEN = [(p, what, m, n) for p in SHIPPED
           for what, m, n in GENERIC + MUTATIONS.get(p.stem, [])]
@@ -329,12 +315,9 @@ def pki(tmp_path_factory):
 
 @pytest.mark.parametrize("old,new,needle", [
     ("7401\n", "99999\n", "listen"),
-    ("ca.crt", "nope.crt", "nope.crt"),
     ("10.77.1.0/24", "10.77.1.0/33", "subnets"),
     ("endpoint: 127.0.0.1:7402", "endpoint: nope", "endpoint"),
-    ("address: 192.168.77.1", "address: 300.1.1.1", "address"),
     ("node: n1", "node: n1\nciphers: [rot13]", "ciphers"),
-    ("node: n1", "node: n1\nbogus: 1", "bogus"),
 ])
 def test_bad_tunnel_config(pki, old, new, needle):
     f = pki / f"bad-{needle}.yaml"
@@ -379,7 +362,6 @@ LIVE_CASES = [
     (["capture", "--port", "clients", "-w", "/nonexistent/dir/c.pcapng", "--count", "1"],
      ["/nonexistent/dir/c.pcapng"]),
     (["flows", "--state", "bogus"], ["state", "bogus"]),
-    (["flows", "--stage", "nosuch"], ["nosuch"]),
     (["policy", "show"], ["policy.show"]),
     (["tunnel", "show"], ["tunnel manager"]),
     (["service", "show", "nosuch"], ["nosuch"]),
@@ -388,12 +370,9 @@ LIVE_CASES = [
     (["service", "add", "web", "10.77.1.14:8080", "--weight", "-1", "--dry-run"], ["weight"]),
     (["service", "add", "nosuch", "10.77.1.14:8080", "--dry-run"], ["nosuch"]),
     (["service", "add", "web2", "--vip", "notip", "--port", "80", "--dry-run"], ["vip"]),
-    (["service", "add", "web2", "--vip", "10.1.1.1", "--port", "80", "--proto", "sctp",
-      "--dry-run"], ["proto"]),
     (["service", "add", "web2", "--vip", "10.1.1.1", "--port", "80", "--table-size", "100",
       "--dry-run"], ["table_size"]),
     (["service", "set", "web", "10.77.1.99:8080", "--weight", "5"], ["10.77.1.99:8080"]),
-    (["service", "remove", "nosuch", "10.77.1.11:8080"], ["nosuch"]),
 ]
 
 
