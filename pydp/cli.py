@@ -347,10 +347,15 @@ def _execute(pl: Any, ports: dict[str, str], workers: list[int] | None,
         why = _run_loop(dp, duration, until_idle, idle, interval, out,
                         stop_when_sources_done=bool(generate) and count > 0)
         st = dp.stats()
+        in_use = dp.pool.in_use()  # workers stopped: every mbuf is back unless one leaked
+        if in_use:
+            click.echo(f"pydp: warning: mbuf leak: {in_use} of {dp.pool.size()} mbufs still "
+                       "in use after stop", file=sys.stderr)
         if as_json:
             doc = st.to_dict()
             doc["pipeline"] = pl.name
             doc["stopped_by"] = why
+            doc["pool"] = {"mbufs": dp.pool.size(), "in_use_after_stop": in_use}
             click.echo(json.dumps(doc, indent=2))
         else:
             click.echo(f"pydp: stopped ({why})", file=out)
