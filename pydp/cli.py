@@ -232,6 +232,9 @@ def run(pipeline_file: str, port_specs: tuple[str, ...], lcores: str | None,
         if p not in pl.ports:
             raise ConfigError(f"--generate {p}: no port named '{p}' in {pipeline_file}",
                               key="generate")
+        if p not in pl.input_map():
+            raise ConfigError(f"--generate {p}: port '{p}' is transmit-only in {pipeline_file} "
+                              f"(polled: {', '.join(pl.input_map())})", key="generate")
         ports.setdefault(p, f"net_null_gen_{p}")
     missing = [p for p in pl.ports if p not in ports]
     if missing:

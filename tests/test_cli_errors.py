@@ -83,6 +83,8 @@ OFFLINE = [
       "--count", "100"], ["--count", "--generate"]),
     (["run", "pipelines/forward.yaml", "--generate", "zz", "--port", "out=net_null1"],
      ["--generate zz"]),
+    (["run", "pipelines/forward.yaml", "--generate", "out", "--port", "in=net_null0",
+      "--count", "10"], ["--generate out", "transmit-only"]),
     (["run", "pipelines/forward.yaml", "--generate", "in", "--port", "out=net_null1",
       "--lcores", "0"], ["--lcores"]),
     (["run", "pipelines/forward.yaml", "--generate", "in", "--port", "out=net_null1",
