@@ -207,6 +207,8 @@ MUTATIONS = {  # file stem -> [(what, mutate(doc), words in the error)]
     ],
     "l2bridge": [
         ("inputs", lambda d: d.update(inputs={"a": "nosuch"}), ["nosuch"]),
+        ("inputs-string", lambda d: d.update(inputs="a"), ["inputs"]),
+        ("inputs-list", lambda d: d.update(inputs=["a", "b"]), ["inputs must map"]),
     ],
     "firewall": [
         ("capacity", lambda d: _stage(d, "conntrack").update(capacity=-1), ["capacity"]),
