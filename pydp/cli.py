@@ -24,6 +24,25 @@ EXIT_BAD_INPUT = 2
 class _Group(click.Group):
     """A click group that reports pydp errors as one line."""
 
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the CLI; click's own usage errors become one ``pydp: error:`` line too."""
+        if kwargs.get("standalone_mode", True) is False:
+            return super().main(*args, **kwargs)
+        kwargs["standalone_mode"] = False
+        try:
+            rv = super().main(*args, **kwargs)
+        except click.UsageError as e:
+            hint = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+            click.echo(f"pydp: error: {e.format_message()}{hint}", err=True)
+            sys.exit(e.exit_code)
+        except click.ClickException as e:
+            click.echo(f"pydp: error: {e.format_message()}", err=True)
+            sys.exit(e.exit_code)
+        except click.Abort:
+            click.echo("pydp: aborted", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -34,7 +53,8 @@ class _Group(click.Group):
                 click.echo(f"pydp: DPDK's log is in {log}", err=True)
             sys.exit(EXIT_BAD_INPUT)
         except OSError as e:
-            click.echo(f"pydp: error: {e.filename or ''}: {e.strerror}", err=True)
+            what = f"{e.filename}: " if e.filename else ""
+            click.echo(f"pydp: error: {what}{e.strerror or e}", err=True)
             sys.exit(EXIT_BAD_INPUT)
 
 
@@ -86,6 +106,34 @@ def _parse_lcores(spec: str | None) -> tuple[str | None, list[int] | None]:
     return ",".join(mapping), workers
 
 
+def _check_metrics_addr(addr: str, port: int) -> None:
+    """--metrics-addr must resolve and --metrics PORT must be free (before the EAL starts)."""
+    import socket
+    try:
+        infos = socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as e:
+        raise ConfigError(f"--metrics-addr {addr!r}: not an address here "
+                          f"({getattr(e, 'strerror', None) or e})", key="metrics-addr") from None
+    if port == 0:
+        return
+    fam, typ, proto, _, sa = infos[0]
+    with socket.socket(fam, typ, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(sa)
+        except OSError as e:
+            raise ConfigError(f"--metrics {port}: cannot listen on {addr}:{port} "
+                              f"({e.strerror})", key="metrics") from None
+
+
+def _check_devargs_files(name: str, dev: str) -> None:
+    """A net_pcap rx_pcap= file must exist (else DPDK only says 'probe failed')."""
+    for kv in dev.split(",")[1:]:
+        key, _, value = kv.partition("=")
+        if key == "rx_pcap" and value and not os.path.isfile(value):
+            raise ConfigError(f"--port {name}: rx_pcap={value}: no such file", key="port")
+
+
 def _start_eal(lcores: str | None, no_huge: bool, ports: dict[str, str]) -> None:
     from . import eal
     from .ports import is_pci, validate_devargs
@@ -94,6 +142,7 @@ def _start_eal(lcores: str | None, no_huge: bool, ports: dict[str, str]) -> None
             validate_devargs(dev)
         except PydpError as e:
             raise ConfigError(f"--port {name}: {e}", key="port") from None
+        _check_devargs_files(name, dev)
     log = os.path.join(tempfile.gettempdir(), f"pydp-dpdk-{os.getpid()}.log")
     os.environ["PYDP_LAST_LOG"] = log
     eal.init(lcores=lcores, hugepages=False if no_huge else None,
@@ -183,6 +232,9 @@ def run(pipeline_file: str, port_specs: tuple[str, ...], lcores: str | None,
         if p not in pl.ports:
             raise ConfigError(f"--generate {p}: no port named '{p}' in {pipeline_file}",
                               key="generate")
+        if p not in pl.input_map():
+            raise ConfigError(f"--generate {p}: port '{p}' is transmit-only in {pipeline_file} "
+                              f"(polled: {', '.join(pl.input_map())})", key="generate")
         ports.setdefault(p, f"net_null_gen_{p}")
     missing = [p for p in pl.ports if p not in ports]
     if missing:
@@ -194,6 +246,17 @@ def run(pipeline_file: str, port_specs: tuple[str, ...], lcores: str | None,
                           f"(ports: {', '.join(pl.ports)})", key="port")
     if duration is not None and duration <= 0:
         raise ConfigError("--duration must be positive", key="duration")
+    for flag, value in (("--interval", interval), ("--idle", idle)):
+        if not value > 0:
+            raise ConfigError(f"{flag} {value:g}: must be positive (seconds)", key=flag[2:])
+    for flag, value in (("--rate", rate), ("--count", count)):
+        if value < 0:
+            raise ConfigError(f"{flag} {value:g}: must not be negative", key=flag[2:])
+    if (rate or count) and not generate:
+        raise ConfigError(f"--{'rate' if rate else 'count'}: only applies to --generate "
+                          "traffic (add --generate PORT)", key="generate")
+    if metrics_port is not None:
+        _check_metrics_addr(metrics_addr, metrics_port)
     if flow_log and not any(st.TYPE in ("conntrack", "policy") for st in pl.stages):
         raise ConfigError(f"--flow-log: {pipeline_file} has no conntrack or policy stage "
                           "(flows and denies are what it logs)", key="flow-log")
@@ -292,12 +355,17 @@ def _execute(pl: Any, ports: dict[str, str], workers: list[int] | None,
         why = _run_loop(dp, duration, until_idle, idle, interval, out,
                         stop_when_sources_done=bool(generate) and count > 0)
         st = dp.stats()
+        in_use = dp.pool.in_use()  # workers stopped: every mbuf is back unless one leaked
+        if in_use:
+            click.echo(f"pydp: warning: mbuf leak: {in_use} of {dp.pool.size()} mbufs still "
+                       "in use after stop", file=sys.stderr)
         if as_json:
             doc = st.to_dict()
             doc["pipeline"] = pl.name
             doc["stopped_by"] = why
             from .table_stats import sections
             doc.update(sections(dp))  # per service/backend and per SA, when present
+            doc["pool"] = {"mbufs": dp.pool.size(), "in_use_after_stop": in_use}
             click.echo(json.dumps(doc, indent=2))
         else:
             click.echo(f"pydp: stopped ({why})", file=out)
@@ -350,6 +418,8 @@ def stats(control: str | None, as_json: bool, watch: bool, interval: float,
     """Counters of a running dataplane: per port, per stage, per drop reason."""
     from .control import ControlClient
     from .stats import Stats
+    if not interval > 0:
+        raise ConfigError(f"--interval {interval:g}: must be positive (seconds)", key="interval")
     if stage_table:
         _stats_stages(control, as_json, interval)
         return
@@ -405,13 +475,43 @@ def _stats_stages(control: str | None, as_json: bool, interval: float) -> None:
         click.echo(f"  {name:<16} {pkts[name]:>14} {cost[name]:>12.1f}")
 
 
+def _is_policy_file(path: str) -> bool:
+    """A mapping with policy keys (identities/rules) and no pipeline keys (stages/ports)."""
+    import yaml
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = yaml.safe_load(f)
+    except (OSError, UnicodeError, yaml.YAMLError):
+        return False  # Pipeline.load reports it, naming the file and line
+    return (isinstance(doc, dict) and not {"stages", "ports"} & doc.keys()
+            and bool({"identities", "rules"} & doc.keys()))
+
+
 @main.command()
 @click.argument("pipeline_file", metavar="PIPELINE.yaml")
 @click.option("--json", "as_json", is_flag=True, help="Print the validated pipeline as JSON.")
 def check(pipeline_file: str, as_json: bool) -> None:
-    """Validate PIPELINE.yaml without opening any port."""
+    """Validate PIPELINE.yaml (or a policy file, e.g. pipelines/policies/*.yaml) offline."""
     from .pipeline import Pipeline
+    if _is_policy_file(pipeline_file):
+        from .policy.model import Policy
+        pol = Policy.load(pipeline_file)
+        if as_json:
+            click.echo(json.dumps(pol.to_data(), indent=2))
+        else:
+            click.echo(f"policy '{pol.name}': {len(pol.identities)} identities, "
+                       f"{len(pol.rules)} rules, default {pol.default}")
+            click.echo(f"{pipeline_file}: OK")
+        return
     pl = Pipeline.load(pipeline_file)
+    for st in pl.stages:  # a policy stage's file is read at run time: check it now
+        if st.TYPE == "policy" and st.policy:
+            from .policy.model import Policy
+            path = st.policy_path()
+            if not os.path.isfile(path):
+                raise ConfigError(f"stage '{st.name}': policy: {path}: no such file",
+                                  file=pipeline_file, key="policy")
+            Policy.load(path)
     if as_json:
         click.echo(json.dumps(pl.to_dict(), indent=2))
     else:
@@ -437,8 +537,9 @@ def ports(as_json: bool) -> None:
 @click.argument("pipeline_file", metavar="PIPELINE.yaml")
 @click.option("--duration", type=float, default=2.0, show_default=True, metavar="S",
               help="Seconds per measurement.")
-@click.option("--flows", type=int, default=10000, show_default=True)
-@click.option("--size", "pkt_size", type=int, default=64, show_default=True)
+@click.option("--flows", type=click.IntRange(1, 1 << 20), default=10000, show_default=True)
+@click.option("--size", "pkt_size", type=click.IntRange(64, 1518), default=64,
+              show_default=True, help="Ethernet frame size with FCS (RFC 2544).")
 @click.option("--json", "as_json", is_flag=True)
 def bench(pipeline_file: str, duration: float, flows: int, pkt_size: int,
           as_json: bool) -> None:
@@ -446,6 +547,9 @@ def bench(pipeline_file: str, duration: float, flows: int, pkt_size: int,
     from .bench import format_bench, run_bench
     from .pipeline import Pipeline
     pl = Pipeline.load(pipeline_file)
+    if not duration > 0:
+        raise ConfigError(f"--duration {duration:g}: must be positive (seconds)",
+                          key="duration")
     _need_root()
     _start_eal(None, False, {})
     res = run_bench(pl, duration=duration, flows=flows, pkt_size=pkt_size)
@@ -456,15 +560,23 @@ def bench(pipeline_file: str, duration: float, flows: int, pkt_size: int,
 @click.option("--control", default=None, metavar="PATH", help="Control socket of the dataplane.")
 @click.option("--stage", default=None, help="Conntrack stage (default: the first).")
 @click.option("--addr", default=None, help="Only flows with this address on either side.")
-@click.option("--port", "port_", type=int, default=None, help="Only flows with this port.")
+@click.option("--port", "port_", type=click.IntRange(0, 65535), default=None,
+              help="Only flows with this port.")
 @click.option("--state", default=None,
               help="new, established, closing, or a TCP state (syn_sent, fin_wait...).")
-@click.option("--limit", type=int, default=1000, show_default=True)
+@click.option("--limit", type=click.IntRange(1), default=1000, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def flows(control: str | None, stage: str | None, addr: str | None, port_: int | None,
           state: str | None, limit: int, as_json: bool) -> None:
     """The flow table of a running dataplane."""
     from .control import call
+    if addr is not None:
+        import ipaddress
+        try:
+            addr = str(ipaddress.ip_address(addr))
+        except ValueError:
+            raise ConfigError(f"--addr {addr!r}: not an IPv4 or IPv6 address",
+                              key="addr") from None
     res = call("flows", control, stage=stage, addr=addr, port=port_, state=state, limit=limit)
     if as_json:
         click.echo(json.dumps(res, indent=2))

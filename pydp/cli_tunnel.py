@@ -183,9 +183,11 @@ def run(pipeline_file: str | None, tunnel_file: str, port_specs: tuple[str, ...]
     from .tunnel.config import TunnelConfig
     from .tunnel.manager import TunnelManager
     from .tunnel.sink import MemorySink
-    cfg = TunnelConfig.load(tunnel_file)
     if duration is not None and duration <= 0:
         raise ConfigError("--duration must be positive", key="duration")
+    if not interval > 0:
+        raise ConfigError(f"--interval {interval:g}: must be positive (seconds)", key="interval")
+    cfg = TunnelConfig.load(tunnel_file)
     if pipeline_file is None:
         if port_specs:
             raise ConfigError("--port needs a PIPELINE.yaml", key="port")

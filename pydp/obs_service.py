@@ -45,7 +45,14 @@ class ObsService:
 
     # -- trace ---------------------------------------------------------------------------
     def trace_start(self, count: int = 10, filter: str | None = None) -> dict:  # noqa: A002
-        """Arm a trace of the next ``count`` packets matching ``filter``."""
+        """Arm a trace of the next ``count`` packets matching ``filter``.
+
+        Refused while another trace still waits for packets: two ``pydp trace``
+        sessions would share one set of records and disarm each other.
+        """
+        if self.tracing and tr.remaining(self.dp) > 0:
+            raise InvalidArgument("a trace is running (its packets are still awaited); "
+                                  "stop it first (trace.stop)")
         tr.start(self.dp, int(count), filter or None)
         self.tracing = True
         return {"count": int(count), "filter": filter or ""}

@@ -12,7 +12,7 @@ Both paths end in the same constructor and the same :meth:`validate`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,8 @@ class Pipeline:
         self.description = description
         self.ports = list(ports)
         self.stages = list(stages)
-        self.inputs = dict(inputs) if inputs is not None else None
+        # anything but a mapping is kept as given: validate() names 'inputs'
+        self.inputs = dict(inputs) if isinstance(inputs, Mapping) else inputs
         self.source: str | None = None
         self.validate()
 

@@ -84,6 +84,21 @@ def test_cli_trace_json_and_text(running):
     assert r.returncode == 2 and r.stderr.startswith("pydp: error: filter 'tcp and': ")
 
 
+def test_second_trace_refused_while_one_waits(running):
+    sock = running["sock"]
+    # a filter nothing matches: the first trace keeps waiting
+    call("trace.start", sock, count=5, filter="udp port 9")
+    try:
+        r = cli("trace", "--count", "1", "--control", sock)
+        assert r.returncode == 2
+        assert r.stderr.startswith("pydp: error: a trace is running"), r.stderr
+    finally:
+        call("trace.stop", sock)
+    r = cli("trace", "--count", "1", "--filter", "udp", "--json", "--control", sock)
+    assert r.returncode == 0, r.stderr
+    assert len(json.loads(r.stdout)["records"]) == 1
+
+
 @pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
 def test_cli_capture_port_and_stage(running):
     sock, d = running["sock"], running["dir"]

@@ -77,7 +77,9 @@ def parse_backend_name(text: str) -> tuple[str, int]:
     except ValueError:
         raise ConfigError(f"backend: {text!r} is not ADDR:PORT (IPv6: [ADDR]:PORT)",
                           key="backend") from None
-    return str(ip), _port(port, "backend", "backend")
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"backend: {port} is not a port from 1 to 65535", key="backend")
+    return str(ip), port
 
 
 @dataclass

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import ConfigError
 from ..graphviz import render_dot
 from .diff import Analysis, denials, reach
 from .model import Policy
@@ -73,7 +74,7 @@ def render(policy: Policy, out_path: str | Path, fmt: str | None = None) -> Path
     out = Path(out_path)
     fmt = (fmt or out.suffix.lstrip(".")).lower()
     if fmt not in FORMATS:
-        raise ValueError(f"cannot render {out.name!r}: format {fmt!r} is not one of "
+        raise ConfigError(f"cannot render {out.name!r}: format {fmt!r} is not one of "
                          f"{', '.join(FORMATS)}")
     text = to_dot(policy)
     return render_dot(text, out, fmt)
