@@ -23,7 +23,7 @@ import numpy as np
 
 from . import eal
 from ._core import check, cstr, ffi, lib
-from .errors import InvalidArgument, NotSupported
+from .errors import InvalidArgument, NotSupported, PydpError
 
 if TYPE_CHECKING:
     from .mempool import Pool
@@ -84,7 +84,13 @@ class Port:
         self.devargs = validate_devargs(devargs)
         self.name = name or devargs.split(",")[0]
         pid = ffi.new("uint16_t *")
-        check(lib.pd_port_probe(devargs.encode(), pid))
+        try:
+            check(lib.pd_port_probe(devargs.encode(), pid))
+        except PydpError as e:
+            if name is None:
+                raise
+            # the operator knows the port by its pipeline name (--port NAME=...)
+            raise type(e)(f"port '{name}': {e}", e.errno) from None
         self.port_id = int(pid[0])
         self._configured = False
         self._started = False

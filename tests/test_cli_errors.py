@@ -172,6 +172,7 @@ def test_bad_devargs_after_eal_start_names_the_port():
     r = run_cli(["run", "pipelines/forward.yaml", "--port", "in=bogus_dev0",
                  "--port", "out=net_null1", "--duration", "1", "--no-control"])
     assert_one_error(r, "bogus_dev0")
+    assert "port 'in'" in r.stderr  # named as the operator named it
 
 
 # -- every shipped file, one key broken: `pydp check` names the key ---------------------------
