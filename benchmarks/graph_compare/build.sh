@@ -19,5 +19,5 @@ cc=${CC:-cc}
 	$(pkg-config --cflags libdpdk) \
 	"$here/graph_bench.c" "$root"/csrc/*.c "$root"/csrc/stages/*.c \
 	-o "$out/graph_bench" \
-	$(pkg-config --libs libdpdk) -lrte_graph -lrte_node -lrte_net_ring -lrte_bus_vdev
+	$(pkg-config --libs libdpdk) -lrte_graph -lrte_node -lrte_net_ring -lrte_bus_vdev -lpcap
 echo "$out/graph_bench"
