@@ -1025,6 +1025,7 @@ struct lb_memo {
 #define LB_CH_PASS (-2)     /* lb_choose: not for a service */
 
 #define LB_CH_LATER (-3)    /* lb_choose(ahead): left to the packet's turn */
+#define LB_CH_EST (-4)      /* lb_prepick: a flow with a backend, no NAT/reply flag */
 
 /* A new flow's first packet to us (l3/l4: its headers): the backend its
  * service picks, -1 if the service has none, LB_CH_PASS if no service.
@@ -1102,8 +1103,10 @@ static void lb_prepick(struct lb_priv *pr, const struct lb_table *t,
 		    !md->aux)
 			continue;
 		f = &c->flows[md->aux - 1];
-		if (__atomic_load_n(&f->lb, __ATOMIC_ACQUIRE))
+		if (__atomic_load_n(&f->lb, __ATOMIC_ACQUIRE)) {
+			pick[i] = LB_CH_EST;
 			continue;
+		}
 		id = lb_choose(pr, t, mo, w, f,
 			       rte_pktmbuf_mtod_offset(m, uint8_t *, md->l3_off),
 			       rte_pktmbuf_mtod_offset(m, uint8_t *, md->l4_off),
@@ -1146,6 +1149,24 @@ static void lb_process(struct pd_stage *st, struct pd_worker *w,
 		uint32_t lb;
 		bool v6;
 
+		if (i < nw && pick[i] == LB_CH_EST) {
+			/* lb_prepick checked the packet and saw a backend: the
+			 * else branch below with its entry made, without the
+			 * checks again; anything else takes the full path.
+			 * lb_bench, 6 alternating runs each way on a loaded VM:
+			 * lb stage TSC cycles/pkt median 39.5 -> 37.3, lower in
+			 * 5 of the 6 pairs (least preempted runs 29.0 -> 28.4) */
+			f = &c->flows[md->aux - 1];
+			lb = __atomic_load_n(&f->lb, __ATOMIC_ACQUIRE) & ~LB_GONE;
+			if (likely(lb - 1 < PD_LB_MAX_BACKENDS &&
+				   __atomic_load_n(&f->alias, __ATOMIC_ACQUIRE))) {
+				v6 = md->l3 == PD_L3_IPV6;
+				l3 = rte_pktmbuf_mtod_offset(m, uint8_t *, md->l3_off);
+				l4 = rte_pktmbuf_mtod_offset(m, uint8_t *, md->l4_off);
+				e = &pr->pool[lb - 1];
+				goto dnat;
+			}
+		}
 		if ((md->l3 != PD_L3_IPV4 && md->l3 != PD_L3_IPV6) ||
 		    !md->l4_off || (md->flags & PD_META_FRAG) ||
 		    (md->l4_proto != IPPROTO_TCP && md->l4_proto != IPPROTO_UDP) ||
@@ -1197,7 +1218,8 @@ static void lb_process(struct pd_stage *st, struct pd_worker *w,
 				pd_emit(w, st, 0, m);
 				continue;
 			}
-			id = i < nw && pick[i] != LB_CH_LATER ? pick[i] :
+			id = i < nw && pick[i] != LB_CH_LATER &&
+			     pick[i] != LB_CH_EST ? pick[i] :
 			     lb_choose(pr, t, &mo, w, f, l3, l4, v6, md->l4_proto,
 				       false);
 			if (id == LB_CH_PASS) {
@@ -1257,6 +1279,7 @@ static void lb_process(struct pd_stage *st, struct pd_worker *w,
 				}
 			}
 		}
+dnat:
 		/* client -> VIP becomes (SNAT ->) backend */
 		pd_trace_hit(w, st, m, PD_TRACE_BACKEND, lb - 1);
 		if (likely(wc != NULL)) {
