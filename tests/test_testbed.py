@@ -84,6 +84,11 @@ def test_topology_shape(topo):
                               "b": "net_af_packet1,iface=vethB-dp,qpairs=1"}
     for iface in topo.dp_ifaces.values():
         sysfs = f"/sys/class/net/{iface}"
+        # a veth's carrier comes up asynchronously after `ip link set up`
+        deadline = time.monotonic() + 5
+        while (open(f"{sysfs}/operstate").read().strip() != "up"
+               and time.monotonic() < deadline):
+            time.sleep(0.05)
         assert open(f"{sysfs}/operstate").read().strip() == "up"
         assert open(f"/proc/sys/net/ipv6/conf/{iface}/disable_ipv6").read().strip() == "1"
     out = subprocess.run(["ip", "-br", "addr", "show", "vethA-dp"], capture_output=True,
