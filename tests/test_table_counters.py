@@ -59,6 +59,20 @@ def capture_all(dp: Dataplane, port: str, n: int) -> list[Ether]:
     return [Ether(bytes(p)) for p in got]
 
 
+def from_backends(dp: Dataplane, count: int, timeout: float = 10) -> dict[int, Ether]:
+    """What the three backend ports sent, by payload id, until `count` came or time ran out."""
+    out: dict[int, Ether] = {}
+    deadline = time.monotonic() + timeout
+    while len(out) < count and time.monotonic() < deadline:
+        for be in ("be1", "be2", "be3"):
+            n = dp.port(be).pending()
+            if n:
+                for p in capture_all(dp, be, n):
+                    out[pid(p)] = p
+        time.sleep(0.01)
+    return out
+
+
 def test_lb_trace_names_service_and_backend_and_counters_match(ring_name):
     pl = Pipeline.load(PIPELINES / "load-balancer.yaml")
     with Dataplane(pl, ports={p: ring_name() for p in pl.ports}) as dp, \
@@ -71,15 +85,7 @@ def test_lb_trace_names_service_and_backend_and_counters_match(ring_name):
         recs = dp.trace(1, "tcp", timeout=10)
         t.join()
         dp.port("clients").inject(syn[1:])
-        out: dict[int, Ether] = {}
-        deadline = time.monotonic() + 10
-        while len(out) < 8 and time.monotonic() < deadline:
-            for be in ("be1", "be2", "be3"):
-                n = dp.port(be).pending()
-                if n:
-                    for p in capture_all(dp, be, n):
-                        out[pid(p)] = p
-            time.sleep(0.01)
+        out = from_backends(dp, 8)
         assert sorted(out) == list(range(8))
         # the backend's reply to packet 0, traced: un-NAT names the same backend
         b0 = out[0][IP].dst
@@ -299,15 +305,7 @@ def test_lb_counters_are_per_worker_rows_summed(ring_name):
         syn = [eth() / IP(src="10.77.0.5", dst="10.77.0.100")
                / TCP(sport=32000 + i, dport=80, flags="S") / tag(i) for i in range(12)]
         dp.port("clients").inject(syn, queue=0)
-        out: dict[int, Ether] = {}
-        deadline = time.monotonic() + 10
-        while len(out) < 12 and time.monotonic() < deadline:
-            for be in ("be1", "be2", "be3"):
-                n = dp.port(be).pending()
-                if n:
-                    for p in capture_all(dp, be, n):
-                        out[pid(p)] = p
-            time.sleep(0.01)
+        out = from_backends(dp, 12)
         assert sorted(out) == list(range(12))
         port_of = {"10.77.1.11": "be1", "10.77.1.12": "be2", "10.77.1.13": "be3"}
         replies = {i: eth() / IP(src=p[IP].dst, dst="10.77.0.5")
