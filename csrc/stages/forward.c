@@ -67,12 +67,16 @@ static void forward_process(struct pd_stage *st, struct pd_worker *w,
 
 		memcpy(hdr, &dst, 6);
 		memcpy(hdr + 6, &src, 6);
+		/* 4 at a time: 283.3 -> 281.3 instructions/pkt (forward.yaml,
+		 * callgrind); the loop is 5 instructions a packet then */
+#pragma GCC unroll 4
 		for (i = 0; i < n; i++)
 			memcpy(rte_pktmbuf_mtod(pkts[i], uint8_t *), hdr, 12);
 	} else if (set_src || set_dst) {
 		const struct rte_ether_addr a = set_src ? src : dst;
 		const unsigned off = set_src ? 6 : 0;
 
+#pragma GCC unroll 4
 		for (i = 0; i < n; i++)
 			memcpy(rte_pktmbuf_mtod(pkts[i], uint8_t *) + off, &a, 6);
 	}
