@@ -308,7 +308,7 @@ def _shared_cpus(lcores: list[int]) -> bool:
 
 def run_bench(pipeline: str | os.PathLike | Pipeline, duration: float = 2.0,
               flows: int = 10000, pkt_size: int = 64, workers: int = 1,
-              repeat: int = 3, warmup: float | None = None) -> dict[str, Any]:
+              repeat: int = 5, warmup: float | None = None) -> dict[str, Any]:
     """Measure ``pipeline`` against the bare rx->tx loop and the template source.
 
     ``duration``: seconds per measurement (after ``warmup`` s, default a

@@ -540,9 +540,12 @@ def ports(as_json: bool) -> None:
 @click.option("--flows", type=click.IntRange(1, 1 << 20), default=10000, show_default=True)
 @click.option("--size", "pkt_size", type=click.IntRange(64, 1518), default=64,
               show_default=True, help="Ethernet frame size with FCS (RFC 2544).")
+@click.option("--repeat", type=click.IntRange(1, 100), default=5, show_default=True,
+              help="Runs of each of baseline, pipeline and source, alternating; the "
+                   "figures are their medians.")
 @click.option("--json", "as_json", is_flag=True)
 def bench(pipeline_file: str, duration: float, flows: int, pkt_size: int,
-          as_json: bool) -> None:
+          repeat: int, as_json: bool) -> None:
     """Measure PIPELINE.yaml in Mpps and cycles/packet against the bare rx->tx loop."""
     from .bench import format_bench, run_bench
     from .pipeline import Pipeline
@@ -552,7 +555,7 @@ def bench(pipeline_file: str, duration: float, flows: int, pkt_size: int,
                           key="duration")
     _need_root()
     _start_eal(None, False, {})
-    res = run_bench(pl, duration=duration, flows=flows, pkt_size=pkt_size)
+    res = run_bench(pl, duration=duration, flows=flows, pkt_size=pkt_size, repeat=repeat)
     click.echo(json.dumps(res, indent=2) if as_json else format_bench(res))
 
 

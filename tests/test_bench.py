@@ -22,6 +22,9 @@ def test_run_bench_forward_quick(eal):
     assert r["mpps"] > 0 and r["baseline_mpps"] > 0 and r["source_mpps"] > 0
     assert r["cycles_per_packet"] > 0 and r["baseline_cycles_per_packet"] > 0
     assert r["ratio"] == round(r["mpps"] / r["baseline_mpps"], 4)
+    # the default: five alternating runs of each, the figures their medians
+    assert r["repeat"] == 5 and all(len(v) == 5 for v in r["runs"].values())
+    assert r["baseline_mpps"] == round(sorted(x["mpps"] for x in r["runs"]["baseline"])[2], 4)
     # every packet the pipeline received left on `out`: no drop of any kind
     assert r["drops"] == {}
     assert r["forwarded"]["rx"] > 0

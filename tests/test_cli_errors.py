@@ -129,6 +129,7 @@ OFFLINE = [
     (["testbed", "up", "nosuch"], ["nosuch"]),
     (["bench", "pipelines/forward.yaml", "--size", "10"], ["--size"]),
     (["bench", "pipelines/forward.yaml", "--duration", "-1"], ["--duration"]),
+    (["bench", "pipelines/forward.yaml", "--repeat", "0"], ["--repeat"]),
     # no dataplane: a missing socket, a stale socket
     (["stats"], ["no running dataplane"]),
     (["trace", "--count", "5", "--filter", "udp port 53"], ["no running dataplane"]),
