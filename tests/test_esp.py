@@ -95,8 +95,15 @@ def gateway(enc: list[SA] = (), dec: list[SA] = (), crypto: str = "auto") -> Pip
 
 
 def outer_ip(frame: Any) -> Any:
+    """The outer IP header of a frame pydp sent; an outer IPv4 checksum must be right."""
     e = Ether(bytes(frame))
-    return e[IP] if IP in e and e.type == 0x0800 else e[IPv6]
+    if IP in e and e.type == 0x0800:
+        o = e[IP]
+        fresh = o.copy()
+        del fresh.chksum
+        assert o.chksum == IP(bytes(fresh)).chksum, f"outer IPv4 checksum {o.chksum:#x}"
+        return o
+    return e[IPv6]
 
 
 # -- interoperability ----------------------------------------------------------------------

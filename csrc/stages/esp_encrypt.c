@@ -130,8 +130,7 @@ static void enc_group(struct pd_stage *st, struct pd_worker *w,
 		if (sa->outer_family == 4) {
 			struct rte_ipv4_hdr *ip = (struct rte_ipv4_hdr *)(d + 14);
 
-			ip->hdr_checksum = 0;
-			ip->hdr_checksum = rte_ipv4_cksum(ip);
+			esp_outer_cksum(sa, ip);
 			md->l3 = PD_L3_IPV4;
 		} else {
 			md->l3 = PD_L3_IPV6;
