@@ -265,9 +265,30 @@ _Static_assert(sizeof(struct parse_out) == 8 &&
 	       offsetof(struct pd_meta, flags) - offsetof(struct pd_meta, l3_off) == 6,
 	       "struct parse_out must mirror pd_meta from l3_off to flags");
 
+/* parse_fast()'s end: the checksum, then the metadata as one 8-byte store
+ * (called with a constant protocol where it is known, so the stored value
+ * is a constant too) */
+static __rte_always_inline bool parse_fast_done(const uint8_t *ip, const int verify,
+						struct pd_meta *m, uint8_t proto)
+{
+	static const struct parse_out tmpl = {
+		.l3_off = 14, .l4_off = 34, .l3 = PD_L3_IPV4,
+	};
+	uint64_t out;
+
+	if (verify && unlikely(!ipv4_cksum_ok(ip, 20)))
+		return false;
+	/* the template with l4_proto (its byte 5) filled in */
+	memcpy(&out, &tmpl, sizeof(out));
+	out |= (uint64_t)proto << (RTE_BYTE_ORDER == RTE_LITTLE_ENDIAN ? 40 : 16);
+	memcpy((uint8_t *)m + offsetof(struct pd_meta, l3_off), &out, sizeof(out));
+	return true;
+}
+
 /*
- * The usual packet: untagged IPv4 without options, not a fragment, with a
- * well-formed UDP or TCP header. Sets exactly what parse_pkt() would and
+ * The usual packet: untagged IPv4 without options, not a fragment, at
+ * least 8 bytes past the IP header, with a well-formed UDP or TCP header if
+ * it is UDP or TCP (ESP between tunnel gateways takes this path too). Sets exactly what parse_pkt() would and
  * returns true; anything else (including every drop) returns false and
  * takes the full walk. Each range check is one unsigned compare
  * (lo <= x <= hi as x - lo <= hi - lo), the EtherType and the
@@ -289,11 +310,7 @@ _Static_assert(sizeof(struct parse_out) == 8 &&
 static __rte_always_inline bool parse_fast(const uint8_t *d, uint32_t len,
 					   const int verify, struct pd_meta *m)
 {
-	static const struct parse_out tmpl = {
-		.l3_off = 14, .l4_off = 34, .l3 = PD_L3_IPV4,
-	};
 	const uint8_t *ip = d + 14, *l4 = d + 34;
-	uint64_t out;
 	uint32_t tot;
 	uint8_t proto;
 
@@ -302,26 +319,25 @@ static __rte_always_inline bool parse_fast(const uint8_t *d, uint32_t len,
 #ifdef RTE_ARCH_X86_64
 	{
 		/* bytes 12..27 in one load: EtherType 0x0800, version 4 with
-		 * IHL 5, no MF flag nor fragment offset, protocol UDP (else TCP)
-		 * as one masked compare each (len >= 42 covers the 16 bytes) */
+		 * IHL 5, no MF flag nor fragment offset, protocol UDP as one
+		 * masked compare (len >= 42 covers the 16 bytes); not UDP, the
+		 * same compare without the protocol byte */
 		const __m128i h = _mm_loadu_si128((const __m128i *)(d + 12));
 		const __m128i mask = _mm_setr_epi8(-1, -1, -1, 0, 0, 0, 0, 0,
 						   0x3f, -1, 0, -1, 0, 0, 0, 0);
+		const __m128i mask_l3 = _mm_setr_epi8(-1, -1, -1, 0, 0, 0, 0, 0,
+						      0x3f, -1, 0, 0, 0, 0, 0, 0);
 		const __m128i udp = _mm_setr_epi8(8, 0, 0x45, 0, 0, 0, 0, 0,
 						  0, 0, 0, IPPROTO_UDP, 0, 0, 0, 0);
-		/* h ^ udp ^ (UDP ^ TCP at the protocol byte) is h ^ tcp */
-		const __m128i udp_tcp = _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-						      0, IPPROTO_UDP ^ IPPROTO_TCP,
-						      0, 0, 0, 0);
 		__m128i x = _mm_xor_si128(h, udp);
 
-		/* opaque: else GCC keeps h alive for h ^ tcp (one more copy) */
+		/* opaque: else GCC keeps h alive for the second compare */
 		__asm__("" : "+x" (x));
 
 		if (likely(_mm_testz_si128(x, mask)))
 			proto = IPPROTO_UDP;
-		else if (_mm_testz_si128(_mm_xor_si128(x, udp_tcp), mask))
-			proto = IPPROTO_TCP;
+		else if (_mm_testz_si128(x, mask_l3))
+			proto = ip[9];
 		else
 			return false;
 	}
@@ -339,8 +355,6 @@ static __rte_always_inline bool parse_fast(const uint8_t *d, uint32_t len,
 					     RTE_IPV4_HDR_MF_FLAG)))
 			return false;
 		proto = ip[9];
-		if (proto != IPPROTO_UDP && proto != IPPROTO_TCP)
-			return false;
 	}
 #endif
 	tot = pd_rd16(ip + 2);
@@ -351,20 +365,19 @@ static __rte_always_inline bool parse_fast(const uint8_t *d, uint32_t len,
 		/* 8 <= UDP length <= tot - 20 */
 		if (unlikely((uint32_t)pd_rd16(l4 + 4) - 8 > tot - 28))
 			return false;
-	} else {
+		return parse_fast_done(ip, verify, m, IPPROTO_UDP);
+	}
+	if (proto == IPPROTO_TCP) {
 		/* tot >= 40 first: then l4[12] is inside the frame;
 		 * 20 <= data offset <= tot - 20 */
 		if (unlikely(tot < 40 ||
 			     (uint32_t)(l4[12] >> 4) * 4 - 20 > tot - 40))
 			return false;
+		return parse_fast_done(ip, verify, m, IPPROTO_TCP);
 	}
-	if (verify && unlikely(!ipv4_cksum_ok(ip, 20)))
-		return false;
-	/* the template with l4_proto (its byte 5) filled in */
-	memcpy(&out, &tmpl, sizeof(out));
-	out |= (uint64_t)proto << (RTE_BYTE_ORDER == RTE_LITTLE_ENDIAN ? 40 : 16);
-	memcpy((uint8_t *)m + offsetof(struct pd_meta, l3_off), &out, sizeof(out));
-	return true;
+	/* any other protocol (ESP, ICMP, ...): tot >= 28 is all parse_l4()
+	 * asks of it (ICMP wants 8 bytes) */
+	return parse_fast_done(ip, verify, m, proto);
 }
 
 /* the full walk: out of line, so each copy of the inlined fast path in
