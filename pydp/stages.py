@@ -476,9 +476,9 @@ class Conntrack(Stage):
     ``timeouts``: idle seconds before a flow expires, per kind
     (``tcp_established`` 300, ``tcp_other`` 30, ``udp`` 30 (and every
     protocol but TCP and ICMP), ``icmp`` 10); per TCP state
-    ``tcp_syn_sent``, ``tcp_fin_wait``, ``tcp_time_wait`` (default:
-    tcp_other), ``tcp_syn_recv`` (default: tcp_established: a flow the
-    server answered counts as established) and ``tcp_close`` (after a RST;
+    ``tcp_syn_sent``, ``tcp_syn_recv`` (the server answered, the client
+    has not: short, against SYN floods), ``tcp_fin_wait``,
+    ``tcp_time_wait`` (default: tcp_other) and ``tcp_close`` (after a RST;
     default: tcp_other, at most 10); flows age when :func:`pydp.flows.expire` runs. ``full``:
     ``drop`` (new flows are dropped with table-full) or ``evict`` (the least
     recently used flow makes room; closing flows go first). Read the table

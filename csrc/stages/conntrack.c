@@ -1023,15 +1023,14 @@ int pd_conntrack_configure(struct pd_pipeline *p, int stage,
 	for (i = 0; i < PD_CT_N_TIMEOUTS; i++)
 		if (ms[i] == 0)
 			ms[i] = ct_default_timeouts_ms[i];
-	/* the TCP states not named take tcp_other (close: at most 10 s), but
-	 * SYN_RECV: a flow the server answered counts as established, as it
-	 * did in the first flow table (set tcp_syn_recv lower against floods) */
+	/* the TCP states not named take tcp_other (close: at most 10 s);
+	 * SYN_RECV too: a handshake the client never completes (a SYN flood
+	 * with spoofed sources) must not hold its slot for the established
+	 * timeout (Linux: 60 s for SYN_RECV, 5 days established) */
 	for (i = PD_CT_N_TIMEOUTS; i < PD_CT_N_TIMEOUTS_ALL; i++)
 		if (ms[i] == 0)
 			ms[i] = i == PD_CT_TIMEOUT_TCP_CLOSE ?
 				RTE_MIN(ms[PD_CT_TIMEOUT_TCP_OTHER], 10000u) :
-				i == PD_CT_TIMEOUT_TCP_SYN_RECV ?
-				ms[PD_CT_TIMEOUT_TCP_ESTABLISHED] :
 				ms[PD_CT_TIMEOUT_TCP_OTHER];
 	ct_table_free(c);
 	/* room for: the flows, a reply-tuple entry each with NAT, and the
