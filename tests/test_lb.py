@@ -510,12 +510,22 @@ def test_commits_under_traffic_lose_no_packet(ring_name):
                    sources={"a": src}) as dp:
         dp.start()
         svc = Services(dp)
+
+        def wait_rx(n: int) -> None:
+            # commits are fast (the 40 took 0.09 s on CI): wait for the traffic
+            # instead of assuming the loop below lasts long enough
+            deadline = time.monotonic() + 10
+            while dp.stats().rx < n and time.monotonic() < deadline:
+                time.sleep(0.01)
+
+        wait_rx(1000)                     # traffic flows before the first commit
         for i in range(10):
             svc.set_weight("web", "10.0.1.1:8080", 1 + i % 3)
             svc.add_backend("web", "10.0.1.9:8080")
             svc.drain("web", "10.0.1.2:8080")
             svc.remove_backend("web", "10.0.1.9:8080")
             svc.mark_up("web", "10.0.1.2:8080")
+        wait_rx(10001)
         dp.stop()
         st = dp.stats()
         lb = st.stages()["lb"]
