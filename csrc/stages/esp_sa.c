@@ -437,17 +437,8 @@ static int sa_create(struct pd_stage *st, struct esp_priv *pr,
 		memcpy(&ip->src_addr, c->tun_src, alen);
 		memcpy(&ip->dst_addr, c->tun_dst, alen);
 		prm.tun.hdr_len = 14 + 20;
-		{
-			unsigned k;
-			uint16_t w16;
-
-			/* TOS, length, id and checksum are 0 here */
-			sa->tun_sum = 0;
-			for (k = 0; k < 20; k += 2) {
-				memcpy(&w16, (const uint8_t *)ip + k, 2);
-				sa->tun_sum += w16;
-			}
-		}
+		/* TOS, length, id and checksum are 0 here */
+		sa->tun_sum = rte_raw_cksum(ip, 20);
 	} else {
 		struct rte_ipv6_hdr *ip = (struct rte_ipv6_hdr *)(hdr + 14);
 

@@ -79,8 +79,8 @@ struct esp_sa {
 	uint32_t win;
 	uint32_t iv_len;              /* ESP header + IV in front of the payload */
 	uint8_t tun_src[16], tun_dst[16];
-	/* outer IPv4 header: the sum (16-bit words as they lie in memory) of
-	 * its template with TOS, total length, id and checksum 0; see
+	/* outer IPv4 header: rte_raw_cksum() (16-bit words as they lie in
+	 * memory) of its template, TOS, total length, id and checksum 0; see
 	 * esp_outer_cksum() */
 	uint32_t tun_sum;
 	uint64_t seq_max;             /* UINT32_MAX or UINT64_MAX */
@@ -152,9 +152,7 @@ static inline void esp_outer_cksum(const struct esp_sa *sa, struct rte_ipv4_hdr 
 	/* the TOS byte is the second byte of the first word */
 	s += RTE_BYTE_ORDER == RTE_LITTLE_ENDIAN ?
 		(uint32_t)ip->type_of_service << 8 : ip->type_of_service;
-	s = (s & 0xffff) + (s >> 16);
-	s = (s & 0xffff) + (s >> 16);
-	ck = (uint16_t)~s;
+	ck = (uint16_t)~pd_cksum_fold(s);
 	memcpy(&ip->hdr_checksum, &ck, 2);
 }
 

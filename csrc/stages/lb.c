@@ -348,21 +348,13 @@ static inline uint32_t cks_diff(uint32_t acc, const uint8_t *old,
 	return acc;
 }
 
-/* A 32-bit ones'-complement sum folded to 16 bits: two folds are enough
- * (0xffffffff -> 0x1fffe -> 0xffff). */
-static inline uint16_t cks_fold(uint32_t s)
-{
-	s = (s & 0xffff) + (s >> 16);
-	return (uint16_t)((s & 0xffff) + (s >> 16));
-}
-
 static inline void cks_apply(uint8_t *ck, uint32_t acc, bool udp)
 {
 	uint16_t r;
 
 	if (udp && pd_rd16(ck) == 0)
 		return;  /* IPv4 UDP without a checksum stays without */
-	r = (uint16_t)~cks_fold((uint32_t)(uint16_t)~pd_rd16(ck) + acc);
+	r = (uint16_t)~pd_cksum_fold((uint32_t)(uint16_t)~pd_rd16(ck) + acc);
 	if (udp && r == 0)
 		r = 0xffff;
 	ck[0] = (uint8_t)(r >> 8);
@@ -417,8 +409,8 @@ static int32_t pool_alloc(struct lb_priv *pr, const struct pd_lb_service *s,
 			memset(&pr->wc[(size_t)r * PD_LB_MAX_BACKENDS + i], 0,
 			       sizeof(*pr->wc));
 		acc = cks_diff(0, e->vip, e->addr, alen);
-		e->dnat_ip = cks_fold(acc);
-		e->dnat_l4 = cks_fold(cks_diff(acc, (const uint8_t *)&e->vport,
+		e->dnat_ip = pd_cksum_fold(acc);
+		e->dnat_l4 = pd_cksum_fold(cks_diff(acc, (const uint8_t *)&e->vport,
 					       (const uint8_t *)&e->port, 2));
 		e->in_use = 1;
 		pr->pool_hi = RTE_MAX(pr->pool_hi, i + 1);
@@ -894,7 +886,7 @@ static inline void nat_rewrite(uint8_t *l3, uint8_t *l4, bool v6, uint8_t proto,
  * lb_bench (IPv4, 1M established flows, 3 runs each way): 245 -> 245 CPU
  * cycles per packet, within the noise; fewer instructions, more for IPv6.
  * Both deltas precomputed and folded, two folds per checksum instead of
- * three (cks_fold): lb_bench, 3 alternating runs each way on a loaded VM
+ * three (pd_cksum_fold): lb_bench, 3 alternating runs each way on a loaded VM
  * (load 4 on 2 CPUs), lb stage TSC cycles/pkt 54.3 / 68.6 / 38.3 (median
  * 54.3) -> 42.9 / 59.0 / 28.6 (median 42.9), lower in every pair.
  */

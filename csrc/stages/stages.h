@@ -23,14 +23,18 @@ static inline uint16_t pd_rd16(const uint8_t *p)
 	return (uint16_t)((p[0] << 8) | p[1]);
 }
 
+/* A 32-bit ones'-complement sum folded to 16 bits: two folds are enough
+ * (0xffffffff -> 0x1fffe -> 0xffff). */
+static inline uint16_t pd_cksum_fold(uint32_t s)
+{
+	s = (s & 0xffff) + (s >> 16);
+	return (uint16_t)((s & 0xffff) + (s >> 16));
+}
+
 /* RFC 1624 incremental checksum update for a 16-bit field change */
 static inline uint16_t pd_cksum_adjust(uint16_t cksum, uint16_t old_v,
 				       uint16_t new_v)
 {
-	uint32_t s = (uint16_t)~cksum + (uint16_t)~old_v + new_v;
-
-	s = (s & 0xffff) + (s >> 16);
-	s = (s & 0xffff) + (s >> 16);
-	return (uint16_t)~s;
+	return (uint16_t)~pd_cksum_fold((uint16_t)~cksum + (uint16_t)~old_v + new_v);
 }
 #endif
