@@ -26,7 +26,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.ipsec import ESP, SecurityAssociation
 from scapy.layers.l2 import Ether
 from scapy.utils import wrpcap
-from test_stages import eth, pid, run, tag
+from test_stages import assert_ipv4_cksum_ok, eth, pid, run, tag
 
 from pydp import ConfigError, Dataplane, InvalidArgument, Pipeline
 from pydp.esp import SA, Lifetime
@@ -98,11 +98,8 @@ def outer_ip(frame: Any) -> Any:
     """The outer IP header of a frame pydp sent; an outer IPv4 checksum must be right."""
     e = Ether(bytes(frame))
     if IP in e and e.type == 0x0800:
-        o = e[IP]
-        fresh = o.copy()
-        del fresh.chksum
-        assert o.chksum == IP(bytes(fresh)).chksum, f"outer IPv4 checksum {o.chksum:#x}"
-        return o
+        assert_ipv4_cksum_ok(e)
+        return e[IP]
     return e[IPv6]
 
 

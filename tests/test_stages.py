@@ -94,6 +94,13 @@ class Result:
         return self.st.stages()[name]
 
 
+def assert_ipv4_cksum_ok(pkt: Ether) -> None:
+    """The (first, outer) IPv4 header checksum of ``pkt`` is what scapy computes afresh."""
+    fresh = pkt.copy()
+    del fresh[IP].chksum
+    assert Ether(bytes(fresh))[IP].chksum == pkt[IP].chksum, \
+        f"IPv4 header checksum {pkt[IP].chksum:#x}"
+
 def _settle(dp: Dataplane, n: int, timeout: float = 5.0) -> Stats:
     """Wait until ``n`` packets were received and every one has a verdict."""
     deadline = time.monotonic() + timeout
